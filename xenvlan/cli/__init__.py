@@ -1,0 +1,53 @@
+"""The typer application: one module per verb, errors mapped to exit codes here only."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from xenvlan.errors import XenvlanError
+
+app = typer.Typer(
+    name="xenvlan",
+    help="Reproduce, measure and fix bridged VLAN fragmentation cliffs between guests.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Each verb module exposes register(app); imported lazily so `--help` stays fast.
+    from xenvlan.cli import verbs
+
+    for module in verbs.MODULES:
+        module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turn XenvlanError into one line + exit code."""
+    _register()
+    try:
+        app(standalone_mode=False)
+    except XenvlanError as exc:
+        print(f"xenvlan: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("xenvlan: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors, aborts
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            print("xenvlan: aborted", file=sys.stderr)
+            sys.exit(130)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.ClickException):
+            print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,45 @@
+"""Where xenvlan keeps its files: cache (images), state (journals) and run (per-lab) dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Guest images and downloaded packages; safe to delete."""
+    if env := os.environ.get("XENVLAN_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "xenvlan"
+
+
+def state_dir() -> Path:
+    """Journals of host changes; must survive a crash of xenvlan."""
+    if env := os.environ.get("XENVLAN_STATE_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/xenvlan")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "xenvlan"
+
+
+def run_dir() -> Path:
+    """Per-lab run files (keys, consoles, locks); removed by `down`."""
+    if env := os.environ.get("XENVLAN_RUN_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/xenvlan")
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "xenvlan"
+
+
+def lab_dir(lab: str) -> Path:
+    """The run directory of one lab (0700)."""
+    return run_dir() / "labs" / lab
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and force mode 0700 on it."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
