@@ -1,0 +1,629 @@
+"""A lab: two owned guests on one libvirt network, VLAN inside; up, status and down."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from xenvlan import hypervisor as hv
+from xenvlan import keys, vlan
+from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
+from xenvlan.hostnet import link_mtu
+from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
+from xenvlan.session import GuestAddress, GuestSession
+from xenvlan.spec import GuestSpec, LabSpec
+from xenvlan.xml import DomainXML, NetworkXML, Ownership, dhcp_host_xml, read_ownership
+
+READY_MARK = "XENVLAN-READY"
+FAIL_MARK = "XENVLAN-FAIL"
+Progress = Callable[[str], None]
+
+
+def _noop(_msg: str) -> None:
+    pass
+
+
+def domain_name(lab: str, guest: str) -> str:
+    """libvirt name of a lab's guest."""
+    return f"xenvlan-{lab}-{guest}"
+
+
+def mac_for(lab: str, guest: str, domain_type: str) -> str:
+    """A stable locally-derived MAC: 00:16:3e (Xen) or 52:54:00 (QEMU) + 3 hashed bytes."""
+    prefix = "00:16:3e" if domain_type == "xen" else "52:54:00"
+    h = hashlib.sha256(f"{lab}/{guest}".encode()).digest()
+    return prefix + "".join(f":{b:02x}" for b in h[:3])
+
+
+@dataclass
+class GuestInfo:
+    """One guest as `status` reports it."""
+
+    name: str
+    domain: str
+    state: str
+    mac: str
+    mgmt_ip: str
+    vlan_if: str | None
+    vlan_ip: str | None
+    host_port: str | None
+    host_port_mtu: int | None
+    host_key: str = ""
+    vlan_tool: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON fields."""
+        return {
+            "name": self.name,
+            "domain": self.domain,
+            "state": self.state,
+            "mac": self.mac,
+            "mgmt_ip": self.mgmt_ip,
+            "vlan_if": self.vlan_if,
+            "vlan_ip": self.vlan_ip,
+            "vlan_tool": self.vlan_tool,
+            "host_port": self.host_port,
+            "host_port_mtu": self.host_port_mtu,
+        }
+
+
+@dataclass
+class LabStatus:
+    """What `up` and `status` print."""
+
+    lab: str
+    uri: str
+    domain_type: str
+    reason: str
+    network: str
+    bridge: str | None
+    guests: list[GuestInfo]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON shape."""
+        return {
+            "lab": self.lab,
+            "uri": self.uri,
+            "domain_type": self.domain_type,
+            "reason": self.reason,
+            "network": self.network,
+            "bridge": self.bridge,
+            "guests": [g.to_json() for g in self.guests],
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def guest(self, name: str) -> GuestInfo:
+        """One guest by name."""
+        for g in self.guests:
+            if g.name == name:
+                return g
+        names = ", ".join(g.name for g in self.guests) or "none"
+        raise SpecError(f"no guest {name!r} in lab {self.lab} (guests: {names})")
+
+
+class Timer:
+    """Phase timings, in order."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one phase."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------------- network
+
+
+@dataclass(frozen=True)
+class NetInfo:
+    """The libvirt network the lab uses."""
+
+    name: str
+    bridge: str
+    address: ipaddress.IPv4Interface
+    range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None
+    reserved_ips: frozenset[str]
+    reserved_macs: frozenset[str]
+    owned_by: str | None
+
+
+def read_network(net: libvirt.virNetwork) -> NetInfo:
+    """Bridge, IPv4 subnet, DHCP range and reservations of a network."""
+    xml_text = net.XMLDesc(0)
+    root = ET.fromstring(xml_text)
+    bridge_el = root.find("bridge")
+    bridge = bridge_el.get("name", "") if bridge_el is not None else ""
+    for ip_el in root.findall("ip"):
+        if ip_el.get("family", "ipv4") != "ipv4" or not ip_el.get("address"):
+            continue
+        addr = ip_el.get("address", "")
+        mask = ip_el.get("netmask") or ip_el.get("prefix") or "24"
+        iface = ipaddress.IPv4Interface(f"{addr}/{mask}")
+        rng_el = ip_el.find("dhcp/range")
+        rng = None
+        if rng_el is not None:
+            rng = (
+                ipaddress.IPv4Address(rng_el.get("start", "")),
+                ipaddress.IPv4Address(rng_el.get("end", "")),
+            )
+        hosts = ip_el.findall("dhcp/host")
+        own = read_ownership(xml_text)
+        return NetInfo(
+            name=net.name(),
+            bridge=bridge,
+            address=iface,
+            range=rng,
+            reserved_ips=frozenset(h.get("ip", "") for h in hosts),
+            reserved_macs=frozenset(h.get("mac", "").lower() for h in hosts),
+            owned_by=own.lab if own else None,
+        )
+    raise HypervisorError(f"network {net.name()} has no IPv4 address: xenvlan needs one")
+
+
+def pick_addresses(info: NetInfo, leased: set[str], count: int) -> list[str]:
+    """Free management IPs, from the top of the subnet down, outside leases and reservations."""
+    net = info.address.network
+    taken = set(info.reserved_ips) | leased | {str(info.address.ip)}
+    lo, hi = (
+        info.range
+        if info.range
+        else (net.network_address + 2, net.broadcast_address - 1)
+    )
+    out: list[str] = []
+    cand = hi
+    while cand >= lo and len(out) < count:
+        if str(cand) not in taken:
+            out.append(str(cand))
+        cand -= 1
+    if len(out) < count:
+        raise HypervisorError(f"network {info.name}: no free addresses for {count} guests")
+    return out
+
+
+def _leases(net: libvirt.virNetwork) -> set[str]:
+    try:
+        return {lease["ipaddr"] for lease in net.DHCPLeases()}
+    except libvirt.libvirtError:
+        return set()
+
+
+def _update_dhcp_host(net: libvirt.virNetwork, command: int, host_xml: str) -> None:
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    if net.isActive():
+        flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+    net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml, flags)
+
+
+def add_reservation(net: libvirt.virNetwork, mac: str, ip: str, name: str) -> None:
+    """A static DHCP reservation (MAC -> IP) on the network."""
+    try:
+        _update_dhcp_host(net, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, dhcp_host_xml(mac, ip, name))
+    except libvirt.libvirtError as exc:
+        raise HypervisorError(f"network {net.name()}: adding reservation {mac}->{ip}: {hv.error_text(exc)}") from None
+
+
+def remove_reservation(net: libvirt.virNetwork, mac: str) -> bool:
+    """Remove our reservation for `mac`, if present; True when one was removed."""
+    info = read_network(net)
+    if mac.lower() not in info.reserved_macs:
+        return False
+    root = ET.fromstring(net.XMLDesc(0))
+    for host in root.iter("host"):
+        if host.get("mac", "").lower() == mac.lower():
+            try:
+                _update_dhcp_host(
+                    net, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, ET.tostring(host, encoding="unicode")
+                )
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"network {net.name()}: removing reservation {mac}: {hv.error_text(exc)}") from None
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------- up
+
+
+def _console_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no console output)"
+    tail = [ln for ln in text.replace("\r", "").splitlines() if ln.strip()][-lines:]
+    return " | ".join(tail) or "(console empty)"
+
+
+def wait_ready(
+    conn: libvirt.virConnect, guests: list[tuple[str, Path, str, str]], deadline_s: float, net_name: str
+) -> dict[str, float]:
+    """Wait for every guest's readiness marker; on timeout explain state, reservation and console."""
+    t0 = time.monotonic()
+    pending = {name: (console, dom, ip) for name, console, dom, ip in guests}
+    ready: dict[str, float] = {}
+    while pending:
+        for name, (console, dom_name, ip) in list(pending.items()):
+            try:
+                text = console.read_text(errors="replace")
+            except OSError:
+                text = ""
+            if READY_MARK in text:
+                ready[name] = time.monotonic() - t0
+                del pending[name]
+            elif FAIL_MARK in text:
+                raise GuestError(f"guest {name} failed to boot: {_console_tail(console)}")
+            else:
+                dom = hv.lookup_domain(conn, dom_name)
+                state = hv.domain_state(dom) if dom else "gone"
+                if state not in ("running", "blocked"):
+                    raise GuestError(
+                        f"guest {name} stopped while booting (state {state}); console: "
+                        f"{_console_tail(console)}"
+                    )
+        if not pending:
+            break
+        if time.monotonic() - t0 > deadline_s:
+            name, (console, dom_name, ip) = next(iter(pending.items()))
+            dom = hv.lookup_domain(conn, dom_name)
+            state = hv.domain_state(dom) if dom else "gone"
+            raise GuestError(
+                f"guest {name} not ready within {deadline_s:.0f}s: domain {dom_name} is {state}, "
+                f"reserved {ip} on network {net_name}; console: {_console_tail(console)}"
+            )
+        time.sleep(0.05)
+    return ready
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Knobs of `up` beyond the lab file."""
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    keep_on_error: bool = False
+
+
+def up(spec: LabSpec, opts: UpOptions, progress: Progress = _noop) -> LabStatus:
+    """Bring the lab up; on any failure remove everything it made (unless keep_on_error)."""
+    timer = Timer()
+    with timer.phase("connect"):
+        conn, choice = hv.open_connection(spec.connect)
+    progress(f"hypervisor {choice.uri}, domain type {choice.domain_type}: {choice.reason}")
+    try:
+        _check_conflicts(conn, spec)
+        made_anything = True
+        try:
+            status = _up(conn, choice, spec, opts, timer, progress)
+        except BaseException:
+            if made_anything and not opts.keep_on_error:
+                progress("rolling back: removing everything this `up` made")
+                try:
+                    down_lab(conn, spec.name, progress)
+                except XenvlanError as cleanup_exc:
+                    progress(f"rollback incomplete: {cleanup_exc}")
+            raise
+        return status
+    finally:
+        conn.close()
+
+
+def _check_conflicts(conn: libvirt.virConnect, spec: LabSpec) -> None:
+    for g in spec.guests:
+        name = domain_name(spec.name, g.name)
+        dom = hv.lookup_domain(conn, name)
+        if dom is None:
+            continue
+        own = read_ownership(dom.XMLDesc(0))
+        if own is None or own.lab != spec.name:
+            raise HypervisorError(
+                f"domain {name} exists and is not xenvlan lab {spec.name}'s: refusing to touch it"
+            )
+        raise HypervisorError(f"lab {spec.name} is already up (run `xenvlan down` first)")
+
+
+def _ensure_network(
+    conn: libvirt.virConnect, spec: LabSpec, progress: Progress
+) -> tuple[libvirt.virNetwork, NetInfo]:
+    net = hv.lookup_network(conn, spec.network.name)
+    if net is None:
+        subnet = spec.network.subnet
+        hosts = list(subnet.network.hosts())
+        xml_text = NetworkXML(
+            name=spec.network.name,
+            bridge=spec.network.bridge,
+            address=str(subnet.ip),
+            netmask=str(subnet.netmask),
+            range_start=str(hosts[1] if hosts[0] == subnet.ip else hosts[0]),
+            range_end=str(hosts[-1]),
+            owner=Ownership(spec.name, "network"),
+        ).render()
+        progress(f"network {spec.network.name} absent: defining it on {spec.network.bridge} (owned)")
+        try:
+            net = conn.networkDefineXML(xml_text)
+            net.create()
+        except libvirt.libvirtError as exc:
+            if net is not None:
+                hv.remove_network(net)
+            raise HypervisorError(
+                f"cannot create network {spec.network.name} on {spec.network.bridge}: "
+                f"{hv.error_text(exc)}"
+            ) from None
+    elif not net.isActive():
+        own = read_ownership(net.XMLDesc(0))
+        if own is None:
+            raise HypervisorError(
+                f"network {spec.network.name} exists but is inactive; start it "
+                f"(virsh net-start {spec.network.name}) or name another in the lab file"
+            )
+        net.create()
+    else:
+        progress(f"network {spec.network.name} exists: reusing it (reservations only)")
+    return net, read_network(net)
+
+
+def _up(
+    conn: libvirt.virConnect,
+    choice: hv.Choice,
+    spec: LabSpec,
+    opts: UpOptions,
+    timer: Timer,
+    progress: Progress,
+) -> LabStatus:
+    from xenvlan import image as image_mod
+
+    ldir = ensure_private_dir(lab_dir(spec.name))
+    with timer.phase("image"):
+        kernel = opts.kernel or spec.image.kernel
+        initrd = opts.initrd or spec.image.initrd
+        if kernel and initrd:
+            img = image_mod.image_from_files(kernel, initrd)
+        else:
+            img = image_mod.ensure_image(progress=progress)
+    with timer.phase("keys"):
+        client = keys.ensure_client_key(ldir)
+        host_keys = {g.name: keys.generate_host_key(ldir, g.name) for g in spec.guests}
+        for g in spec.guests:
+            image_mod.write_guest_initrd(
+                img,
+                ldir / f"{g.name}.initrd",
+                host_key=host_keys[g.name].dropbear_path,
+                authorized_key=client.public_openssh,
+            )
+    with timer.phase("network"):
+        net, info = _ensure_network(conn, spec, progress)
+        ips = pick_addresses(info, _leases(net), len(spec.guests))
+    plan: list[tuple[GuestSpec, str, str, Path]] = []
+    with timer.phase("define"):
+        for g, ip in zip(spec.guests, ips, strict=True):
+            mac = mac_for(spec.name, g.name, choice.domain_type)
+            console = ldir / f"{g.name}.console"
+            console.unlink(missing_ok=True)
+            owner = Ownership(
+                spec.name,
+                "domain",
+                {
+                    "guest": g.name,
+                    "mac": mac,
+                    "mgmt_ip": ip,
+                    "network": info.name,
+                    "vlan_id": str(spec.vlan.id),
+                    "vlan_if": spec.vlan.ifname,
+                    "vlan_ip": str(g.vlan_ip),
+                    "host_key": host_keys[g.name].public_openssh,
+                },
+            )
+            cmdline = (
+                f"console=ttyS0 quiet panic=-1 xenvlan.name={g.name} "
+                f"xenvlan.mgmt={ip}/{info.address.network.prefixlen} xenvlan.gw={info.address.ip}"
+            )
+            dom_xml = DomainXML(
+                name=domain_name(spec.name, g.name),
+                domain_type=choice.domain_type,
+                memory_mib=g.memory_mib,
+                vcpus=g.vcpus,
+                kernel=img.kernel,
+                initrd=ldir / f"{g.name}.initrd",
+                cmdline=cmdline,
+                network=info.name,
+                mac=mac,
+                console_log=console,
+                owner=owner,
+            ).render()
+            try:
+                conn.defineXML(dom_xml)
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"defining {domain_name(spec.name, g.name)}: {hv.error_text(exc)}") from None
+            add_reservation(net, mac, ip, domain_name(spec.name, g.name))
+            plan.append((g, mac, ip, console))
+    with timer.phase("start"):
+        for g, _mac, _ip, _console in plan:
+            dom = hv.lookup_domain(conn, domain_name(spec.name, g.name))
+            assert dom is not None
+            try:
+                dom.create()
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"starting {dom.name()}: {hv.error_text(exc)}") from None
+    progress("guests started; waiting for the readiness marker on their consoles")
+    with timer.phase("boot"):
+        wait_ready(
+            conn,
+            [(g.name, c, domain_name(spec.name, g.name), ip) for g, _m, ip, c in plan],
+            spec.timeouts.boot,
+            info.name,
+        )
+    pkey = keys.load_pkey(client.path)
+    sessions: dict[str, GuestSession] = {}
+    try:
+        with timer.phase("ssh"):
+            with ThreadPoolExecutor(len(plan)) as pool:
+                futs = {
+                    g.name: pool.submit(
+                        GuestSession(
+                            GuestAddress(g.name, ip, host_keys[g.name].public_openssh), pkey
+                        ).connect,
+                        spec.timeouts.ssh,
+                    )
+                    for g, _m, ip, _c in plan
+                }
+                for name, fut in futs.items():
+                    sessions[name] = fut.result()
+        progress("SSH up; creating the VLAN interfaces")
+        tools: dict[str, str] = {}
+        with timer.phase("vlan"):
+            for g, _m, _ip, _c in plan:
+                made = vlan.setup(
+                    sessions[g.name], spec.vlan.parent, spec.vlan.id, g.vlan_ip, spec.vlan.tool, g.name
+                )
+                tools[g.name] = made.tool
+    finally:
+        for s in sessions.values():
+            s.close()
+    (ldir / "uri").write_text(choice.uri + "\n")
+    status = collect_status(conn, choice, spec.name, ssh=False)
+    for gi in status.guests:
+        gi.vlan_tool = tools.get(gi.name)
+        gi.vlan_if, gi.vlan_ip = spec.vlan.ifname, str(spec.guest(gi.name).vlan_ip)
+    status.timings = timer.timings
+    status.timings["total"] = sum(timer.timings.values())
+    return status
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def labs_present(conn: libvirt.virConnect) -> list[str]:
+    """Names of every xenvlan lab with a domain or network in libvirt."""
+    names = {own.lab for _d, own in hv.owned_domains(conn)}
+    names |= {own.lab for _n, own in hv.owned_networks(conn)}
+    return sorted(names)
+
+
+def resolve_lab(conn: libvirt.virConnect, name: str | None) -> str:
+    """The lab to act on: the given name, or the only lab present."""
+    if name:
+        return name
+    present = labs_present(conn)
+    if len(present) == 1:
+        return present[0]
+    if not present:
+        raise SpecError("no xenvlan lab is up (start one with `xenvlan up`)")
+    raise SpecError(f"several labs are up ({', '.join(present)}): choose one with --name")
+
+
+def session_for(lab: str, guest: GuestInfo) -> GuestSession:
+    """An unconnected SSH session to a lab guest, with its pinned key and the lab's client key."""
+    key_path = lab_dir(lab) / "id_ed25519"
+    if not key_path.exists():
+        raise GuestError(f"lab {lab}: client key {key_path} is missing (was the run dir removed?)")
+    return GuestSession(GuestAddress(guest.name, guest.mgmt_ip, guest.host_key), keys.load_pkey(key_path))
+
+
+def collect_status(
+    conn: libvirt.virConnect, choice: hv.Choice, lab: str, *, ssh: bool = True
+) -> LabStatus:
+    """Guests from libvirt metadata; host ports via pyroute2; VLAN state over SSH when asked."""
+    guests: list[GuestInfo] = []
+    network = ""
+    for dom, own in sorted(hv.owned_domains(conn, lab), key=lambda d: d[1].get("guest")):
+        port = hv.host_port(dom)
+        gi = GuestInfo(
+            name=own.get("guest"),
+            domain=dom.name(),
+            state=hv.domain_state(dom),
+            mac=own.get("mac"),
+            mgmt_ip=own.get("mgmt_ip"),
+            vlan_if=None,
+            vlan_ip=None,
+            host_port=port,
+            host_port_mtu=link_mtu(port) if port else None,
+            host_key=own.get("host_key"),
+        )
+        network = own.get("network") or network
+        guests.append(gi)
+    bridge = None
+    if network and (net := hv.lookup_network(conn, network)) is not None:
+        bridge = read_network(net).bridge
+    if ssh:
+        for gi in guests:
+            if gi.state != "running":
+                continue
+            try:
+                with session_for(lab, gi).connect(5.0) as s:
+                    found = vlan.read(s, gi.name)
+            except GuestError:
+                continue
+            for v in found.values():
+                gi.vlan_if, gi.vlan_ip = v.name, v.address
+    return LabStatus(
+        lab=lab,
+        uri=choice.uri,
+        domain_type=choice.domain_type,
+        reason=choice.reason,
+        network=network,
+        bridge=bridge,
+        guests=guests,
+    )
+
+
+# ---------------------------------------------------------------------------- down
+
+
+def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> list[str]:
+    """Remove every object of `lab` (driven by libvirt metadata) and its run files."""
+    removed: list[str] = []
+    errors: list[str] = []
+    for dom, own in list(hv.owned_domains(conn, lab)):
+        name = dom.name()
+        try:
+            net_name = own.get("network")
+            mac = own.get("mac")
+            if net_name and mac and (net := hv.lookup_network(conn, net_name)) is not None:
+                if remove_reservation(net, mac):
+                    removed.append(f"reservation {mac} on {net_name}")
+            hv.remove_domain(dom)
+            removed.append(f"domain {name}")
+            progress(f"removed domain {name}")
+        except XenvlanError as exc:
+            errors.append(str(exc))
+    for net, _own in list(hv.owned_networks(conn, lab)):
+        name = net.name()
+        try:
+            hv.remove_network(net)
+            removed.append(f"network {name}")
+            progress(f"removed network {name}")
+        except XenvlanError as exc:
+            errors.append(str(exc))
+    ldir = lab_dir(lab)
+    if ldir.exists():
+        shutil.rmtree(ldir)
+        removed.append(f"run dir {ldir}")
+    _prune_empty(lab_dir(lab).parent)
+    if errors:
+        raise HypervisorError("down incomplete: " + "; ".join(errors))
+    return removed
+
+
+def _prune_empty(path: Path) -> None:
+    """Remove empty xenvlan run directories up to the run root."""
+    root = run_dir()
+    while path != root.parent and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == root:
+            break
+        path = path.parent
