@@ -29,7 +29,7 @@ def main() -> None:
     """Console-script entry point: run the app, turn XenvlanError into one line + exit code."""
     _register()
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except XenvlanError as exc:
         print(f"xenvlan: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -51,3 +51,4 @@ def main() -> None:
             print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)
             sys.exit(exc.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
