@@ -11,8 +11,9 @@ Search
     3. Refine: every adjacent pair of probed sizes with different outcomes is split by a k-ary
        search (up to :data:`REFINE_BATCH` new sizes per round, shared among all open gaps), so
        each round is one batch and one round trip, until every transition is between n and n+1.
-    4. Confirm: the failing side of every transition is probed again with fresh probes. Only a
-       size that failed twice is reported failing; if it now answers, the search continues.
+    4. Confirm: the failing side of every transition, and the smallest failing size, is probed
+       again with fresh probes. Only a size that failed twice is reported failing; if it now
+       answers, the search continues from there.
 
 Classification rule
     A size *passes* when at least one echo reply came back over all its probes (a reply cannot
@@ -227,11 +228,10 @@ def run_sweep(
             per_gap = max(1, REFINE_BATCH // len(gaps))
             probe({p for a, b in gaps for p in _split_points(a, b, per_gap)})
             continue
+        failing = [s for s in order if not stats[s].passed]
+        suspects = {s for edge in edges for s in edge} | set(failing[:1])
         unconfirmed = {
-            s
-            for edge in edges
-            for s in edge
-            if not stats[s].passed and stats[s].probes < CONFIRM_PROBES
+            s for s in suspects if not stats[s].passed and stats[s].probes < CONFIRM_PROBES
         }
         if unconfirmed:
             probe(unconfirmed)

@@ -1,0 +1,180 @@
+"""The search against a simulated target: cliffs, windows and transient loss (property-based)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from xenvlan.errors import SpecError
+from xenvlan.ping import MAX_PAYLOAD, PingResult
+from xenvlan.sweep import (
+    REFINE_BATCH,
+    SweepOptions,
+    SweepResult,
+    Transition,
+    coarse_grid,
+    derive_timeout,
+    run_sweep,
+)
+
+GRID = coarse_grid(0, MAX_PAYLOAD, 1500)
+# Per open gap: k-ary rounds over the widest coarse gap, plus a confirmation probe.
+PER_EDGE = 2 * REFINE_BATCH * 4 + 2
+
+
+class SimTarget:
+    """A path whose truth is ``passes(size)``; some probes lose every packet transiently."""
+
+    def __init__(
+        self,
+        passes: Callable[[int], bool],
+        *,
+        lost_first: frozenset[int] = frozenset(),
+        partial: bool = False,
+        local_error_above: int | None = None,
+    ) -> None:
+        self.passes = passes
+        self.lost_first = lost_first
+        self.partial = partial
+        self.local_error_above = local_error_above
+        self.seen: Counter[int] = Counter()
+        self.calls = 0
+        self.timeout_s = 1.0
+        self.transient_hits = 0
+
+    def probe(self, sizes: Sequence[int], *, count: int) -> list[PingResult]:
+        self.calls += 1
+        out = []
+        for s in sizes:
+            self.seen[s] += 1
+            if self.local_error_above is not None and s > self.local_error_above:
+                err = f"local: message too long, mtu={self.local_error_above + 28}"
+                out.append(PingResult(s, count, 0, None, err, True))
+                continue
+            ok = self.passes(s)
+            if ok and s in self.lost_first and self.seen[s] == 1:
+                self.transient_hits += 1
+                ok = False
+            got = (count - 1 if self.partial and count > 1 else count) if ok else 0
+            out.append(PingResult(s, count, got, 0.5 if got else None, None, False))
+        return out
+
+
+def sweep(target: SimTarget, lo: int = 0, hi: int = MAX_PAYLOAD, mtu: int = 1500) -> SweepResult:
+    return run_sweep(target, SweepOptions(lo=lo, hi=hi), src="a", dst="b", mtu=mtu, vlan=True)
+
+
+def assert_bounded(res: SweepResult, target: SimTarget, edges: int) -> None:
+    bound = len(GRID) + 2 + PER_EDGE * (edges + 2 * target.transient_hits)
+    assert res.probes <= bound
+    assert res.probes == sum(target.seen.values())
+    assert res.exact
+
+
+@settings(max_examples=150, deadline=None)
+@given(cliff=st.integers(1, MAX_PAYLOAD))
+def test_single_cliff_exact(cliff: int) -> None:
+    t = SimTarget(lambda s: s < cliff)
+    res = sweep(t)
+    assert res.transitions == [Transition(cliff - 1, cliff)]
+    assert (res.largest_passing, res.smallest_failing) == (cliff - 1, cliff)
+    assert_bounded(res, t, 1)
+    assert res.rounds <= 9
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=st.integers(1, MAX_PAYLOAD - 1), width=st.integers(1, 20000), sub=st.integers(0, 200))
+def test_window_exact_when_it_holds_a_grid_point(a: int, width: int, sub: int) -> None:
+    b = min(a + width, MAX_PAYLOAD - 1)
+    assume(any(a <= g <= b for g in GRID))
+    t = SimTarget(lambda s: not a <= s <= b)
+    res = sweep(t)
+    assert res.transitions == [Transition(a - 1, a), Transition(b + 1, b)]
+    assert (res.largest_passing, res.smallest_failing) == (a - 1, a)
+    assert res.verdict.code == "irregular"
+    assert_bounded(res, t, 2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cliff=st.integers(2, MAX_PAYLOAD),
+    near=st.sets(st.integers(-3, 3), max_size=4),
+    grid=st.sets(st.sampled_from(GRID), max_size=6),
+    partial=st.booleans(),
+)
+def test_transient_loss_never_invents_a_cliff(
+    cliff: int, near: set[int], grid: set[int], partial: bool
+) -> None:
+    """One whole probe lost at any size (edges included) and partial loss everywhere."""
+    lost = frozenset({cliff + d for d in near} | grid)
+    t = SimTarget(lambda s: s < cliff, lost_first=lost, partial=partial)
+    res = sweep(t)
+    assert res.transitions == [Transition(cliff - 1, cliff)]
+    assert_bounded(res, t, 1)
+
+
+def test_healthy_and_dead_paths() -> None:
+    res = sweep(SimTarget(lambda s: True))
+    assert (res.transitions, res.largest_passing, res.smallest_failing) == ([], MAX_PAYLOAD, None)
+    assert res.verdict.code == "no-cliff"
+    assert res.probes == len({*GRID, 56})  # the calibration probe at 56 is not on the grid
+    dead = sweep(SimTarget(lambda s: False))
+    assert (dead.transitions, dead.largest_passing, dead.smallest_failing) == ([], None, 0)
+    assert dead.verdict.code == "no-connectivity"
+
+
+def test_failing_start_then_recovery() -> None:
+    res = sweep(SimTarget(lambda s: s > 700), lo=0, hi=3000)
+    assert res.transitions == [Transition(701, 700)]
+    assert not res.transitions[0].is_cliff
+    assert (res.largest_passing, res.smallest_failing) == (None, 0)
+    assert res.verdict.code == "irregular"
+
+
+def test_local_error_cliff_is_the_sender() -> None:
+    res = sweep(SimTarget(lambda s: True, local_error_above=1472))
+    assert res.transitions == [Transition(1472, 1473)]
+    assert res.verdict.code == "sender-mtu"
+
+
+def test_timeout_adapts_to_rtt() -> None:
+    t = SimTarget(lambda s: True)
+    sweep(t)
+    assert t.timeout_s == 0.2
+    slow = [PingResult(56, 3, 3, 120.0, None)]
+    assert derive_timeout(slow) == 0.48
+    assert derive_timeout([PingResult(56, 3, 0, None, None)]) is None
+
+
+def test_json_shape() -> None:
+    res = sweep(SimTarget(lambda s: s < 1477), lo=1400, hi=1600)
+    doc = res.to_json()
+    assert list(doc) == [
+        "src", "dst", "path", "df", "mtu", "transitions", "largest_passing",
+        "smallest_failing", "probes", "elapsed_s", "samples", "verdict",
+    ]  # fmt: skip
+    assert doc["transitions"] == [{"last_pass": 1476, "first_fail": 1477}]
+    assert doc["verdict"]["code"] == "legacy-vlan-double-subtract"
+    assert set(doc["samples"][0]) == {"size", "sent", "received", "rtt_avg_ms", "error"}
+    assert len(doc["samples"]) == doc["probes"]
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [SweepOptions(lo=10, hi=5), SweepOptions(hi=MAX_PAYLOAD + 1), SweepOptions(count=0),
+     SweepOptions(df="maybe")],
+)  # fmt: skip
+def test_options_validated(opts: SweepOptions) -> None:
+    with pytest.raises(SpecError):
+        run_sweep(SimTarget(lambda s: True), opts, src="a", dst="b", mtu=None, vlan=False)
+
+
+def test_coarse_grid_contains_signatures() -> None:
+    g = coarse_grid(0, MAX_PAYLOAD, 1500)
+    assert {1472, 1473, 1476, 1477, 0, MAX_PAYLOAD} <= set(g)
+    assert coarse_grid(1400, 1402) == [1400, 1402]
+    assert len(g) < 80
