@@ -33,7 +33,9 @@ class Choice:
     reason: str
 
 
-def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), dev: Path = Path("/dev/kvm")) -> tuple[bool, str]:
+def kvm_usable(
+    cpuinfo: Path = Path("/proc/cpuinfo"), dev: Path = Path("/dev/kvm")
+) -> tuple[bool, str]:
     """Whether KVM really works: /dev/kvm usable *and* hardware virtualization flags present."""
     if not dev.exists():
         return False, f"{dev} is absent"
@@ -108,7 +110,9 @@ def _msg(exc: libvirt.libvirtError) -> str:
     return (exc.get_error_message() or str(exc)).strip().splitlines()[0]
 
 
-def owned_domains(conn: libvirt.virConnect, lab: str | None = None) -> Iterator[tuple[libvirt.virDomain, Ownership]]:
+def owned_domains(
+    conn: libvirt.virConnect, lab: str | None = None
+) -> Iterator[tuple[libvirt.virDomain, Ownership]]:
     """Every domain carrying xenvlan's mark (of one lab, or all)."""
     for dom in conn.listAllDomains(0):
         try:
@@ -119,7 +123,9 @@ def owned_domains(conn: libvirt.virConnect, lab: str | None = None) -> Iterator[
             yield dom, own
 
 
-def owned_networks(conn: libvirt.virConnect, lab: str | None = None) -> Iterator[tuple[libvirt.virNetwork, Ownership]]:
+def owned_networks(
+    conn: libvirt.virConnect, lab: str | None = None
+) -> Iterator[tuple[libvirt.virNetwork, Ownership]]:
     """Every network carrying xenvlan's mark (of one lab, or all)."""
     for net in conn.listAllNetworks(0):
         try:
@@ -159,9 +165,16 @@ def remove_domain(dom: libvirt.virDomain) -> None:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
             raise HypervisorError(f"destroying {dom.name()}: {_msg(exc)}") from None
     try:
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM if hasattr(libvirt, "VIR_DOMAIN_UNDEFINE_NVRAM") else 0)
+        dom.undefineFlags(
+            libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            if hasattr(libvirt, "VIR_DOMAIN_UNDEFINE_NVRAM")
+            else 0
+        )
     except libvirt.libvirtError as exc:
-        if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+        if exc.get_error_code() not in (
+            libvirt.VIR_ERR_NO_DOMAIN,
+            libvirt.VIR_ERR_OPERATION_INVALID,
+        ):
             raise HypervisorError(f"undefining {dom.name()}: {_msg(exc)}") from None
 
 

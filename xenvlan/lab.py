@@ -182,11 +182,7 @@ def pick_addresses(info: NetInfo, leased: set[str], count: int) -> list[str]:
     """Free management IPs, from the top of the subnet down, outside leases and reservations."""
     net = info.address.network
     taken = set(info.reserved_ips) | leased | {str(info.address.ip)}
-    lo, hi = (
-        info.range
-        if info.range
-        else (net.network_address + 2, net.broadcast_address - 1)
-    )
+    lo, hi = info.range if info.range else (net.network_address + 2, net.broadcast_address - 1)
     out: list[str] = []
     cand = hi
     while cand >= lo and len(out) < count:
@@ -215,9 +211,13 @@ def _update_dhcp_host(net: libvirt.virNetwork, command: int, host_xml: str) -> N
 def add_reservation(net: libvirt.virNetwork, mac: str, ip: str, name: str) -> None:
     """A static DHCP reservation (MAC -> IP) on the network."""
     try:
-        _update_dhcp_host(net, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, dhcp_host_xml(mac, ip, name))
+        _update_dhcp_host(
+            net, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, dhcp_host_xml(mac, ip, name)
+        )
     except libvirt.libvirtError as exc:
-        raise HypervisorError(f"network {net.name()}: adding reservation {mac}->{ip}: {hv.error_text(exc)}") from None
+        raise HypervisorError(
+            f"network {net.name()}: adding reservation {mac}->{ip}: {hv.error_text(exc)}"
+        ) from None
 
 
 def remove_reservation(net: libvirt.virNetwork, mac: str) -> bool:
@@ -230,10 +230,14 @@ def remove_reservation(net: libvirt.virNetwork, mac: str) -> bool:
         if host.get("mac", "").lower() == mac.lower():
             try:
                 _update_dhcp_host(
-                    net, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, ET.tostring(host, encoding="unicode")
+                    net,
+                    libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
+                    ET.tostring(host, encoding="unicode"),
                 )
             except libvirt.libvirtError as exc:
-                raise HypervisorError(f"network {net.name()}: removing reservation {mac}: {hv.error_text(exc)}") from None
+                raise HypervisorError(
+                    f"network {net.name()}: removing reservation {mac}: {hv.error_text(exc)}"
+                ) from None
             return True
     return False
 
@@ -251,14 +255,17 @@ def _console_tail(path: Path, lines: int = 15) -> str:
 
 
 def wait_ready(
-    conn: libvirt.virConnect, guests: list[tuple[str, Path, str, str]], deadline_s: float, net_name: str
+    conn: libvirt.virConnect,
+    guests: list[tuple[str, Path, str, str]],
+    deadline_s: float,
+    net_name: str,
 ) -> dict[str, float]:
-    """Wait for every guest's readiness marker; on timeout explain state, reservation and console."""
+    """Wait for each guest's readiness marker; on timeout explain state, reservation, console."""
     t0 = time.monotonic()
     pending = {name: (console, dom, ip) for name, console, dom, ip in guests}
     ready: dict[str, float] = {}
     while pending:
-        for name, (console, dom_name, ip) in list(pending.items()):
+        for name, (console, dom_name, _ip) in list(pending.items()):
             try:
                 text = console.read_text(errors="replace")
             except OSError:
@@ -353,7 +360,9 @@ def _ensure_network(
             range_end=str(hosts[-1]),
             owner=Ownership(spec.name, "network"),
         ).render()
-        progress(f"network {spec.network.name} absent: defining it on {spec.network.bridge} (owned)")
+        progress(
+            f"network {spec.network.name} absent: defining it on {spec.network.bridge} (owned)"
+        )
         try:
             net = conn.networkDefineXML(xml_text)
             net.create()
@@ -448,7 +457,9 @@ def _up(
             try:
                 conn.defineXML(dom_xml)
             except libvirt.libvirtError as exc:
-                raise HypervisorError(f"defining {domain_name(spec.name, g.name)}: {hv.error_text(exc)}") from None
+                raise HypervisorError(
+                    f"defining {domain_name(spec.name, g.name)}: {hv.error_text(exc)}"
+                ) from None
             add_reservation(net, mac, ip, domain_name(spec.name, g.name))
             plan.append((g, mac, ip, console))
     with timer.phase("start"):
@@ -470,25 +481,29 @@ def _up(
     pkey = keys.load_pkey(client.path)
     sessions: dict[str, GuestSession] = {}
     try:
-        with timer.phase("ssh"):
-            with ThreadPoolExecutor(len(plan)) as pool:
-                futs = {
-                    g.name: pool.submit(
-                        GuestSession(
-                            GuestAddress(g.name, ip, host_keys[g.name].public_openssh), pkey
-                        ).connect,
-                        spec.timeouts.ssh,
-                    )
-                    for g, _m, ip, _c in plan
-                }
-                for name, fut in futs.items():
-                    sessions[name] = fut.result()
+        with timer.phase("ssh"), ThreadPoolExecutor(len(plan)) as pool:
+            futs = {
+                g.name: pool.submit(
+                    GuestSession(
+                        GuestAddress(g.name, ip, host_keys[g.name].public_openssh), pkey
+                    ).connect,
+                    spec.timeouts.ssh,
+                )
+                for g, _m, ip, _c in plan
+            }
+            for name, fut in futs.items():
+                sessions[name] = fut.result()
         progress("SSH up; creating the VLAN interfaces")
         tools: dict[str, str] = {}
         with timer.phase("vlan"):
             for g, _m, _ip, _c in plan:
                 made = vlan.setup(
-                    sessions[g.name], spec.vlan.parent, spec.vlan.id, g.vlan_ip, spec.vlan.tool, g.name
+                    sessions[g.name],
+                    spec.vlan.parent,
+                    spec.vlan.id,
+                    g.vlan_ip,
+                    spec.vlan.tool,
+                    g.name,
                 )
                 tools[g.name] = made.tool
     finally:
@@ -531,7 +546,9 @@ def session_for(lab: str, guest: GuestInfo) -> GuestSession:
     key_path = lab_dir(lab) / "id_ed25519"
     if not key_path.exists():
         raise GuestError(f"lab {lab}: client key {key_path} is missing (was the run dir removed?)")
-    return GuestSession(GuestAddress(guest.name, guest.mgmt_ip, guest.host_key), keys.load_pkey(key_path))
+    return GuestSession(
+        GuestAddress(guest.name, guest.mgmt_ip, guest.host_key), keys.load_pkey(key_path)
+    )
 
 
 def collect_status(
@@ -593,9 +610,9 @@ def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> 
         try:
             net_name = own.get("network")
             mac = own.get("mac")
-            if net_name and mac and (net := hv.lookup_network(conn, net_name)) is not None:
-                if remove_reservation(net, mac):
-                    removed.append(f"reservation {mac} on {net_name}")
+            net = hv.lookup_network(conn, net_name) if net_name and mac else None
+            if net is not None and remove_reservation(net, mac):
+                removed.append(f"reservation {mac} on {net_name}")
             hv.remove_domain(dom)
             removed.append(f"domain {name}")
             progress(f"removed domain {name}")

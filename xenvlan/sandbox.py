@@ -6,6 +6,7 @@ out. xenvlan commands enter the namespace by themselves while the sandbox runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -136,7 +137,18 @@ def start(netns: str = DEFAULT_NETNS, *, deadline_s: float = 60.0) -> SandboxSta
         _run(["virtlogd", "-d", "--pid-file", str(sbx / "virtlogd.pid")])
         state.virtlogd_pid = _pid_from(sbx / "virtlogd.pid", 10)
         _save(state)
-        _run(["ip", "netns", "exec", netns, "libvirtd", "-d", "--pid-file", str(sbx / "libvirtd.pid")])
+        _run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "libvirtd",
+                "-d",
+                "--pid-file",
+                str(sbx / "libvirtd.pid"),
+            ]
+        )
         state.libvirtd_pid = _pid_from(sbx / "libvirtd.pid", 10)
         _save(state)
         end = time.monotonic() + deadline_s
@@ -199,16 +211,14 @@ def stop() -> list[str]:
     if (NETNS_DIR / state.netns).exists():
         subprocess.run(["ip", "netns", "del", state.netns], check=False, capture_output=True)
         done.append(f"netns {state.netns}")
-    for d in reversed(state.made_dirs or []):
-        subprocess.run(["rm", "-rf", "--one-file-system", d], check=False)
+    for made in reversed(state.made_dirs or []):
+        subprocess.run(["rm", "-rf", "--one-file-system", made], check=False)
     sbx = state_file().parent
     for f in ("state.json", "virtlogd.pid", "libvirtd.pid", "state.tmp"):
         (sbx / f).unlink(missing_ok=True)
     for d in (sbx, run_dir()):
-        try:
+        with contextlib.suppress(OSError):
             d.rmdir()
-        except OSError:
-            pass
     return done
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from dataclasses import dataclass
 
@@ -54,7 +53,9 @@ class GuestSession:
         while True:
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            target = self.addr.host if self.addr.port == 22 else f"[{self.addr.host}]:{self.addr.port}"
+            target = (
+                self.addr.host if self.addr.port == 22 else f"[{self.addr.host}]:{self.addr.port}"
+            )
             client.get_host_keys().add(target, pinned.get_name(), pinned)
             remaining = max(1.0, end - time.monotonic())
             try:
@@ -78,11 +79,14 @@ class GuestSession:
                 client.close()
                 raise GuestError(
                     f"guest {self.name} ({self.addr.host}) presented host key "
-                    f"{exc.key.get_fingerprint().hex()[:16]}..., not the pinned one: refusing to connect"
+                    f"{exc.key.get_fingerprint().hex()[:16]}..., not the pinned one: "
+                    "refusing to connect"
                 ) from None
             except paramiko.AuthenticationException as exc:
                 client.close()
-                raise GuestError(f"guest {self.name}: SSH key authentication failed: {exc}") from None
+                raise GuestError(
+                    f"guest {self.name}: SSH key authentication failed: {exc}"
+                ) from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
                 last = str(exc) or type(exc).__name__
@@ -102,7 +106,7 @@ class GuestSession:
             out = stdout.read().decode("utf-8", "replace")
             err = stderr.read().decode("utf-8", "replace")
             status = stdout.channel.recv_exit_status()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise GuestError(
                 f"guest {self.name}: command did not finish within {timeout:.0f}s: {command[:80]}"
             ) from None

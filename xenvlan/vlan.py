@@ -76,7 +76,9 @@ def setup(
         raise GuestError(f"guest {guest}: cannot create {name}: " + "; ".join(errors))
     found = read(run, guest).get(name)
     if found is None or found.vid != vid or found.parent != parent:
-        raise GuestError(f"guest {guest}: {name} is missing from /proc/net/vlan/config after {used}")
+        raise GuestError(
+            f"guest {guest}: {name} is missing from /proc/net/vlan/config after {used}"
+        )
     if found.address != str(addr):
         raise GuestError(f"guest {guest}: {name} has address {found.address}, expected {addr}")
     return VlanIf(found.name, found.vid, found.parent, found.address, found.mtu, used)
@@ -86,13 +88,13 @@ def read(run: Run, guest: str) -> dict[str, VlanIf]:
     """Every VLAN interface in the guest with its IPv4 address and MTU."""
     res = run(
         "cat /proc/net/vlan/config 2>/dev/null; echo ---; "
-        "for d in /sys/class/net/*; do n=${d##*/}; echo \"$n $(cat \"$d/mtu\")\"; done; echo ---; "
+        'for d in /sys/class/net/*; do n=${d##*/}; echo "$n $(cat "$d/mtu")"; done; echo ---; '
         "ip -o -4 addr show",
         timeout=10.0,
     )
     if res.exit_status != 0:
         raise GuestError(f"guest {guest}: cannot read VLAN state: {res.stderr.strip()[:200]}")
-    vlan_txt, mtu_txt, addr_txt = (res.stdout.split("---\n") + ["", ""])[:3]
+    vlan_txt, mtu_txt, addr_txt = [*res.stdout.split("---\n"), "", ""][:3]
     mtus = {}
     for line in mtu_txt.splitlines():
         parts = line.split()

@@ -35,7 +35,9 @@ class Env:
     state_dir: Path
     netns: str
 
-    def xenvlan(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def xenvlan(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI as a subprocess."""
         res = subprocess.run(
             [sys.executable, "-c", "from xenvlan.cli import main; main()", *args],
@@ -46,7 +48,8 @@ class Env:
         )
         if check and res.returncode != 0:
             raise AssertionError(
-                f"xenvlan {' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+                f"xenvlan {' '.join(args)} exited {res.returncode}\n"
+                f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
             )
         return res
 
@@ -57,7 +60,10 @@ class Env:
     def in_netns(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """Run a command inside the sandbox namespace."""
         return subprocess.run(
-            ["ip", "netns", "exec", self.netns, *argv], capture_output=True, text=True, env=self.vars
+            ["ip", "netns", "exec", self.netns, *argv],
+            capture_output=True,
+            text=True,
+            env=self.vars,
         )
 
 

@@ -80,7 +80,17 @@ def test_up_ping_status_down(sandbox: Env, tmp_path: Path) -> None:
     _ping(env, "left", "10.100.0.2", "vc")
     # VLANs isolate: the seed guest cannot reach lab vc's VLAN 100 address.
     res = env.xenvlan(
-        "ssh", "--name", "seed", "a", "--", "/usr/bin/ping", "-c", "1", "-W", "1", "10.100.0.2",
+        "ssh",
+        "--name",
+        "seed",
+        "a",
+        "--",
+        "/usr/bin/ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "10.100.0.2",
         check=False,
     )
     assert res.returncode != 0

@@ -34,7 +34,9 @@ def down(
             with lab_lock(n):
                 removed = lab.down_lab(conn, n, progress)
             (run_dir() / "locks" / f"{n}.lock").unlink(missing_ok=True)
-            out.print(f"lab {n} down: " + (", ".join(removed) if removed else "nothing left to remove"))
+            out.print(
+                f"lab {n} down: " + (", ".join(removed) if removed else "nothing left to remove")
+            )
         for d in (run_dir() / "locks", run_dir() / "labs"):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()

@@ -14,7 +14,9 @@ sub = typer.Typer(help="The guest image (distro kernel + busybox/dropbear/iputil
 @sub.command()
 def build(
     force: Annotated[bool, typer.Option(help="Rebuild even when cached.")] = False,
-    kernel_package: Annotated[str | None, typer.Option(help="Debian kernel package to use.")] = None,
+    kernel_package: Annotated[
+        str | None, typer.Option(help="Debian kernel package to use.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Build (or reuse) the cached guest image."""
@@ -30,7 +32,9 @@ def build(
     if json_out:
         print_json(data)
     else:
-        out.print(f"image {img.key[:12]}: kernel {img.kernel} ({img.kernel_version}), initrd {img.initrd}")
+        out.print(
+            f"image {img.key[:12]}: kernel {img.kernel} ({img.kernel_version}), initrd {img.initrd}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -45,7 +45,10 @@ def status(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     if json_out:
         print_json(data)
     else:
-        out.print("sandbox: " + ("running in netns " + str(data["netns"]) if data["running"] else "not running"))
+        out.print(
+            "sandbox: "
+            + ("running in netns " + str(data["netns"]) if data["running"] else "not running")
+        )
 
 
 @sub.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -16,7 +16,9 @@ from xenvlan.errors import SpecError
 
 def ssh(
     guest: Annotated[str, typer.Argument(help="Guest name, e.g. a.")],
-    command: Annotated[list[str] | None, typer.Argument(help="Command and arguments (after --).")] = None,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command and arguments (after --).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Lab name; default: the only lab up.")] = None,
     connect: Annotated[str | None, typer.Option(help="libvirt URI; default: auto.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds the command may run.")] = 60.0,

@@ -19,12 +19,29 @@ def render_status(status: lab.LabStatus) -> None:
         f"network {status.network or '-'} bridge {status.bridge or '-'}"
     )
     t = Table(show_edge=False)
-    for col in ("guest", "domain", "state", "mac", "mgmt ip", "vlan if", "vlan ip", "host port", "mtu"):
+    for col in (
+        "guest",
+        "domain",
+        "state",
+        "mac",
+        "mgmt ip",
+        "vlan if",
+        "vlan ip",
+        "host port",
+        "mtu",
+    ):
         t.add_column(col)
     for g in status.guests:
         t.add_row(
-            g.name, g.domain, g.state, g.mac, g.mgmt_ip, g.vlan_if or "-", g.vlan_ip or "-",
-            g.host_port or "-", str(g.host_port_mtu or "-"),
+            g.name,
+            g.domain,
+            g.state,
+            g.mac,
+            g.mgmt_ip,
+            g.vlan_if or "-",
+            g.vlan_ip or "-",
+            g.host_port or "-",
+            str(g.host_port_mtu or "-"),
         )
     out.print(t)
     if status.timings:

@@ -15,11 +15,17 @@ from xenvlan.lock import lab_lock
 
 
 def up(
-    lab_file: Annotated[Path | None, typer.Option("--lab", help="Lab file (TOML); default: the seed lab.")] = None,
-    connect: Annotated[str | None, typer.Option(help="libvirt URI; default: auto (xen, else qemu).")] = None,
+    lab_file: Annotated[
+        Path | None, typer.Option("--lab", help="Lab file (TOML); default: the seed lab.")
+    ] = None,
+    connect: Annotated[
+        str | None, typer.Option(help="libvirt URI; default: auto (xen, else qemu).")
+    ] = None,
     kernel: Annotated[Path | None, typer.Option(help="Bring your own guest kernel.")] = None,
     initrd: Annotated[Path | None, typer.Option(help="Bring your own base initramfs.")] = None,
-    keep_on_error: Annotated[bool, typer.Option(help="Leave a failed lab in place to debug it.")] = False,
+    keep_on_error: Annotated[
+        bool, typer.Option(help="Leave a failed lab in place to debug it.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Define and boot two guests on the bridge and make the VLAN inside them."""
@@ -36,7 +42,9 @@ def up(
         raise SpecError("--kernel and --initrd go together")
     enter_sandbox()
     with lab_lock(spec.name):
-        status = lab.up(spec, lab.UpOptions(kernel=kernel, initrd=initrd, keep_on_error=keep_on_error), progress)
+        status = lab.up(
+            spec, lab.UpOptions(kernel=kernel, initrd=initrd, keep_on_error=keep_on_error), progress
+        )
     if json_out:
         print_json(status.to_json())
     else:
