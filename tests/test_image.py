@@ -217,6 +217,17 @@ def test_cache_reused_and_rebuilt_on_init_change(
 
 
 @needs_build
+def test_package_queries_are_memoised(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    ensure_image(cache=built.cache)  # writes the memo if an earlier test did not
+
+    def no_apt(_override: str | None = None) -> tuple[str, str]:
+        raise AssertionError("apt-cache asked although apt/dpkg state did not change")
+
+    monkeypatch.setattr(image_mod, "resolve_kernel_package", no_apt)
+    assert ensure_image(cache=built.cache) == built.image
+
+
+@needs_build
 def test_guest_initrd_overlay(built: Built, tmp_path: Path) -> None:
     client = ensure_client_key(tmp_path / "c")
     host = generate_host_key(tmp_path / "h", "g")
