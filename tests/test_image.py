@@ -401,3 +401,32 @@ def test_boot_wrong_host_key_refused(booted: Booted, tmp_path: Path) -> None:
     b = Booted(booted.port, wrong, booted.client, booted.ready_seconds, booted.console)
     with pytest.raises(paramiko.BadHostKeyException):
         _ssh(b).close()
+
+
+@pytest.mark.e2e
+@needs_build
+def test_boot_without_overlay_reports_failure_and_stays_up(built: Built, tmp_path: Path) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 not installed")
+    console = tmp_path / "console.log"
+    argv = [
+        QEMU, "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
+        "-kernel", str(built.image.kernel), "-initrd", str(built.image.initrd),
+        "-append", "console=ttyS0 panic=-1 xenvlan.name=f xenvlan.mgmt=10.0.2.15/24",
+        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+    ]  # fmt: skip
+    with console.open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while b"XENVLAN-FAIL" not in console.read_bytes():
+            assert proc.poll() is None, console.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "no XENVLAN-FAIL within 60 s"
+            time.sleep(0.05)
+        time.sleep(1.5)
+        text = console.read_text(errors="replace")
+        assert "XENVLAN-FAIL no SSH host key" in text
+        assert "XENVLAN-READY" not in text
+        assert "Kernel panic" not in text and proc.poll() is None, "PID 1 must stay alive"
+    finally:
+        _stop(proc)
