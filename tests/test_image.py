@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import socket
 import stat
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -225,6 +227,28 @@ def test_package_queries_are_memoised(built: Built, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(image_mod, "resolve_kernel_package", no_apt)
     assert ensure_image(cache=built.cache) == built.image
+
+
+@needs_build
+def test_concurrent_builds_build_once(built: Built, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "debs").mkdir(parents=True)
+    for deb in (built.cache / "debs").glob("*.deb"):
+        os.link(deb, cache / "debs" / deb.name)  # no second download
+    messages: list[str] = []
+    results: list[GuestImage] = []
+
+    def worker() -> None:
+        results.append(ensure_image(cache=cache, progress=messages.append))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and results[0] == results[1]
+    assert sum(m.startswith("built image") for m in messages) == 1, messages
+    assert not [p for p in (cache / "images").iterdir() if p.name.startswith(".build-")]
 
 
 @needs_build
