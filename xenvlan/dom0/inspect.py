@@ -438,6 +438,7 @@ def record_host(dest: Path, *, proc: Path = Path("/proc"), sys: Path = Path("/sy
     for name in WATCHED_MODULES:
         if (sys / "module" / name).is_dir():
             (dest / "sys/module" / name).mkdir(parents=True, exist_ok=True)
+            (dest / "sys/module" / name / ".present").write_text("")
     meta: dict[str, Any] = {
         "kernel_release": os.uname().release,
         "links": [link.to_json() for link in links],
