@@ -11,6 +11,8 @@ import paramiko
 from xenvlan.errors import GuestError
 from xenvlan.ping import CommandResult
 
+MAX_INLINE_COMMAND = 4096
+
 
 @dataclass(frozen=True)
 class GuestAddress:
@@ -102,7 +104,13 @@ class GuestSession:
         if self._client is None:
             raise GuestError(f"guest {self.name}: not connected")
         try:
-            _stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+            if len(command) > MAX_INLINE_COMMAND:
+                # dropbear refuses command lines over 9000 bytes: feed long scripts on stdin.
+                stdin, stdout, stderr = self._client.exec_command("/bin/sh -s", timeout=timeout)
+                stdin.write(command.encode())
+                stdin.channel.shutdown_write()
+            else:
+                _stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
             out = stdout.read().decode("utf-8", "replace")
             err = stderr.read().decode("utf-8", "replace")
             status = stdout.channel.recv_exit_status()
@@ -111,7 +119,7 @@ class GuestSession:
                 f"guest {self.name}: command did not finish within {timeout:.0f}s: {command[:80]}"
             ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise GuestError(f"guest {self.name}: SSH failed: {exc}") from None
+            raise GuestError(f"guest {self.name}: SSH failed: {exc!r}") from None
         return CommandResult(exit_status=status, stdout=out, stderr=err)
 
     def check(self, command: str, *, timeout: float = 30.0) -> str:
