@@ -36,7 +36,9 @@ def sweep_pair(
     else:
         dst_ip, ifname = dst.mgmt_ip, "eth0"
     mtu = vlan.interface_mtu(session, ifname, src_name)
-    ports = [(g.host_port, g.host_port_mtu) for g in status.guests if g.host_port and g.host_port_mtu]
+    ports = [
+        (g.host_port, g.host_port_mtu) for g in status.guests if g.host_port and g.host_port_mtu
+    ]
     prober = GuestProber(session, dst_ip, df=opts.df)
     return run_sweep(
         prober,
