@@ -670,6 +670,10 @@ def ensure_image(
     with _locked(root / ".build.lock"):
         if not force and (img := _load(final)) is not None:
             return img  # built by someone else while we waited
+        # We hold the build lock: leftovers of a killed build are stale.
+        for pattern in (".build-*", ".old-*", ".extract.*"):
+            for stale in root.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
         deb = _download_deb(
             str(inputs["kernel_package"]),
