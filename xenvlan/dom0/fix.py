@@ -281,9 +281,9 @@ def fix_apply(
 ) -> FixReport:
     """Plan, announce, journal the originals, then write; a failed write is rolled back."""
     plan = plan_fix(method, bridge=bridge, persist=persist, root=root, proc=proc, sys=sys)
-    if announce is not None:
-        announce(plan)
-    with HostJournal.open(journal_dir) as journal:
+    with HostJournal.open(journal_dir) as journal:  # refuses a foreign or locked journal
+        if announce is not None:
+            announce(plan)
         start = len(journal.entries)
         try:
             for change in plan.changes:
@@ -332,6 +332,10 @@ def _current(kind: str, key: str) -> Any:
         return read_value(Path(key))
     if kind == "file":
         return Path(key).exists()
+    if kind == "link_mtu":
+        from xenvlan.dom0.journal import link_mtu
+
+        return link_mtu(key)
     return None
 
 

@@ -211,7 +211,7 @@ class HostJournal:
 
     def record_link_mtu(self, ifname: str, note: str = "") -> int:
         """Journal the MTU of a link in this namespace; returns its (first) original MTU."""
-        mtu = _link_mtu(ifname)
+        mtu = link_mtu(ifname)
         if mtu is None:
             raise HostChangeError(f"no link named {ifname}")
         entry = self.find("link_mtu", ifname)
@@ -323,7 +323,8 @@ def _revert_sysctl(entry: JournalEntry) -> str:
     return "restored"
 
 
-def _link_mtu(ifname: str) -> int | None:
+def link_mtu(ifname: str) -> int | None:
+    """The MTU of `ifname` in this namespace, None when there is no such link."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -338,7 +339,7 @@ def _revert_link_mtu(entry: JournalEntry) -> str:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    now = _link_mtu(entry.key)
+    now = link_mtu(entry.key)
     if now is None:
         return "gone"
     if now == int(entry.original):
