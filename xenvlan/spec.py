@@ -15,13 +15,16 @@ from typing import Any
 
 from xenvlan.errors import SpecError
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-URI_RE = re.compile(r"^(qemu|xen|test)(\+[a-z]+)?://[A-Za-z0-9._/-]*$")
+# \Z, not $: `$` also matches before a trailing newline, which would let "a\n" through.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}\Z")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+URI_RE = re.compile(r"^(qemu|xen|test)(\+[a-z]+)?://[A-Za-z0-9._/-]*\Z")
 VLAN_TOOLS = ("auto", "ip", "vconfig")
 MEMORY_MIN_MIB = 96
 MEMORY_MAX_MIB = 16384
 SEED_GUESTS = (("a", "11.11.4.2/24"), ("b", "11.11.4.30/24"))
+MAX_LAB_BYTES = 1 << 20
+PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}\Z")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class NetworkSpec:
 
     name: str = "default"
     bridge: str = "virbr0"
-    subnet: ipaddress.IPv4Interface = ipaddress.IPv4Interface("192.168.122.1/24")
+    subnet: ipaddress.IPv4Interface = field(
+        default_factory=lambda: ipaddress.IPv4Interface("192.168.122.1/24")
+    )
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,12 @@ def seed() -> LabSpec:
 def load(path: Path) -> LabSpec:
     """Load and validate a lab file; any problem is a one-line SpecError."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_LAB_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"{path}: cannot read lab file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_LAB_BYTES:
+        raise SpecError(f"{path}: lab file is larger than {MAX_LAB_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -119,6 +127,10 @@ def load(path: Path) -> LabSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    except ValueError:  # tomllib: an integer literal beyond int's 4300-digit str limit
+        raise SpecError(f"{path}: not valid TOML: a number is too long") from None
+    except RecursionError:  # tomllib: arrays/inline tables nested thousands deep
+        raise SpecError(f"{path}: not valid TOML: nested too deeply") from None
     try:
         return from_dict(data)
     except SpecError as exc:
@@ -163,8 +175,8 @@ def from_dict(data: dict[str, Any]) -> LabSpec:
 
     im = _table(data.get("image", {}), "image")
     _keys(im, "image.", {"kernel", "initrd"})
-    kernel = Path(_str(im["kernel"], "image.kernel")) if "kernel" in im else None
-    initrd = Path(_str(im["initrd"], "image.initrd")) if "initrd" in im else None
+    kernel = _path(im["kernel"], "image.kernel") if "kernel" in im else None
+    initrd = _path(im["initrd"], "image.initrd") if "initrd" in im else None
     if (kernel is None) != (initrd is None):
         raise SpecError("image: give both kernel and initrd, or neither")
 
@@ -228,9 +240,8 @@ def _guests(value: Any) -> tuple[GuestSpec, ...]:
 def _keys(table: dict[str, Any], prefix: str, allowed: set[str]) -> None:
     for key in table:
         if key not in allowed:
-            raise SpecError(
-                f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(allowed))})"
-            )
+            shown = key if PLAIN_KEY_RE.match(key) else repr(key[:40])
+            raise SpecError(f"{prefix}{shown}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
 def _table(value: Any, where: str) -> dict[str, Any]:
@@ -256,17 +267,30 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{where}: must be an integer, got {type(value).__name__}")
     if not lo <= value <= hi:
-        shown = str(value) if len(str(value)) <= 20 else str(value)[:20] + "..."
-        raise SpecError(f"{where}: {shown} is out of range {lo}..{hi}")
+        raise SpecError(f"{where}: {_shown(value)} is out of range {lo}..{hi}")
     return value
+
+
+def _shown(value: int | float) -> str:
+    """A number for an error message; huge ints are not formatted (str() refuses > 4300 digits)."""
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"a {value.bit_length()}-bit {'negative ' if value < 0 else ''}number"
+    return str(value)
 
 
 def _seconds(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"{where}: must be a number of seconds, got {type(value).__name__}")
     if not 1 <= value <= 3600:
-        raise SpecError(f"{where}: {value} is out of range 1..3600 seconds")
+        raise SpecError(f"{where}: {_shown(value)} is out of range 1..3600 seconds")
     return float(value)
+
+
+def _path(value: Any, where: str) -> Path:
+    s = _str(value, where)
+    if not s or any(c in s for c in "\0\n\r"):
+        raise SpecError(f"{where}: {s[:40]!r} is not a usable file path")
+    return Path(s)
 
 
 def _iface(value: Any, where: str) -> ipaddress.IPv4Interface:
