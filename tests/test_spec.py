@@ -359,6 +359,7 @@ def test_unknown_key_shown_on_one_line(key: str) -> None:
         ({"image": {"kernel": "/k\x00", "initrd": "/i"}}, "image.kernel:"),
         ({"image": {"kernel": "/k", "initrd": ""}}, "image.initrd:"),
         ({"image": {"kernel": "/k", "initrd": "/i\n"}}, "image.initrd:"),
+        ({"image": {"kernel": "/k\x1b[2J", "initrd": "/i"}}, "image.kernel:"),
     ],
 )
 def test_type_and_shape_rules(data: dict[str, Any], expect: str) -> None:

@@ -288,7 +288,7 @@ def _seconds(value: Any, where: str) -> float:
 
 def _path(value: Any, where: str) -> Path:
     s = _str(value, where)
-    if not s or any(c in s for c in "\0\n\r"):
+    if not s or any(ord(c) < 0x20 or ord(c) == 0x7F for c in s):  # XML 1.0 cannot carry them
         raise SpecError(f"{where}: {s[:40]!r} is not a usable file path")
     return Path(s)
 

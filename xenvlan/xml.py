@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 NS = "https://xenvlan.dev/xmlns/lab/1"
 ET.register_namespace("xenvlan", NS)
@@ -30,6 +31,8 @@ class Ownership:
 
 def metadata_element(own: Ownership) -> Markup:
     """The `<xenvlan:lab>` element (escaped by ElementTree, so safe to embed)."""
+    if reserved := {"id", "kind"} & set(own.attrs):
+        raise ValueError(f"ownership attributes may not be named {sorted(reserved)}")
     el = ET.Element(f"{{{NS}}}lab", {"id": own.lab, "kind": own.kind, **own.attrs})
     return Markup(ET.tostring(el, encoding="unicode"))
 
@@ -55,11 +58,30 @@ def templates_dir() -> Path:
     return Path(sys.prefix) / "share" / "xenvlan" / "templates"
 
 
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_value(value: object) -> object:
+    """Escape one template value so it reads back exactly, in text *and* in attributes.
+
+    Autoescaping covers ``& < > " '``; an XML parser also normalizes tab/newline/CR inside
+    attribute values to spaces, so those become character references. Characters XML 1.0
+    cannot carry at all are refused instead of producing a document libvirt rejects.
+    """
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    if m := _XML_ILLEGAL.search(value):
+        raise ValueError(f"{value[:40]!r}: character {m.group()!r} cannot appear in XML")
+    text = str(escape(value))
+    return Markup(text.replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;"))
+
+
 @cache
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         autoescape=True,
+        finalize=_xml_value,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
