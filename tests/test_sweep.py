@@ -178,3 +178,16 @@ def test_coarse_grid_contains_signatures() -> None:
     assert {1472, 1473, 1476, 1477, 0, MAX_PAYLOAD} <= set(g)
     assert coarse_grid(1400, 1402) == [1400, 1402]
     assert len(g) < 80
+
+
+def test_rich_report_renders_edges_and_verdict() -> None:
+    from rich.console import Console
+
+    from xenvlan.report_sweep import render_sweep
+
+    res = sweep(SimTarget(lambda s: s < 1477), lo=1400, hi=1600)
+    console = Console(record=True, width=120)
+    console.print(render_sweep(res))
+    out = console.export_text()
+    assert "1476" in out and "1505" in out and "legacy-vlan-double-subtract" in out
+    assert "largest passing 1476" in out
