@@ -70,7 +70,8 @@ def setup(
         if res.exit_status == 0:
             used = t
             break
-        errors.append(f"{t}: {(res.stderr or res.stdout).strip().splitlines()[-1:] or ['failed']}")
+        last = (res.stderr or res.stdout).strip().splitlines()[-1:]
+        errors.append(f"{t}: {last[0][:200] if last else f'exit status {res.exit_status}'}")
         run(f"ip link del {shlex.quote(name)} 2>/dev/null; true", timeout=10.0)
     if not used:
         raise GuestError(f"guest {guest}: cannot create {name}: " + "; ".join(errors))
@@ -93,7 +94,8 @@ def read(run: Run, guest: str) -> dict[str, VlanIf]:
         timeout=10.0,
     )
     if res.exit_status != 0:
-        raise GuestError(f"guest {guest}: cannot read VLAN state: {res.stderr.strip()[:200]}")
+        why = " ".join(res.stderr.split())[:200] or f"exit status {res.exit_status}"
+        raise GuestError(f"guest {guest}: cannot read VLAN state: {why}")
     vlan_txt, mtu_txt, addr_txt = [*res.stdout.split("---\n"), "", ""][:3]
     mtus = {}
     for line in mtu_txt.splitlines():
