@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
-import string
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def test_writer_round_trips_through_tomllib() -> None:
 
 # --------------------------------------------------------------------------- strategies
 
-texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 scalars = st.one_of(
     st.booleans(),
     st.integers(),
@@ -386,7 +385,9 @@ def valid_labs(draw: st.DrawFn) -> dict[str, Any]:
             st.sampled_from(["qemu:///system", "xen:///system", "test:///default"])
         )
     if draw(st.booleans()):
-        path = st.text(string.ascii_letters + string.digits + "/._- ", min_size=1, max_size=30)
+        segment = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9._ -]{0,8}", fullmatch=True)
+        rel = st.lists(segment, min_size=1, max_size=4).map("/".join)
+        path = st.one_of(rel, rel.map(lambda r: "/" + r))  # as pathlib spells it
         data["image"] = {"kernel": draw(path), "initrd": draw(path)}
     return data
 
