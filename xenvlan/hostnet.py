@@ -35,3 +35,28 @@ def link_master(ifname: str) -> str | None:
             masters = ipr.link("get", index=idx)
             return str(masters[0].get_attr("IFLA_IFNAME")) if masters else None
     return None
+
+
+def link_address(ifname: str) -> str | None:
+    """The MAC address of a host link, or None when it does not exist here."""
+    with IPRoute() as ipr:
+        try:
+            links = ipr.link("get", ifname=ifname)
+        except NetlinkError:
+            return None
+        for link in links:
+            addr = link.get_attr("IFLA_ADDRESS")
+            return str(addr).lower() if addr else None
+    return None
+
+
+def is_guest_tap(ifname: str, guest_mac: str) -> bool:
+    """Whether `ifname` here is the host side of the NIC with `guest_mac`.
+
+    libvirt gives a QEMU/KVM tap the guest MAC with the first byte 0xfe; Xen vifs carry
+    fe:ff:ff:ff:ff:ff. A same-named link in another namespace fails this check.
+    """
+    addr = link_address(ifname)
+    if addr is None:
+        return False
+    return addr == "fe" + guest_mac.lower()[2:] or addr == "fe:ff:ff:ff:ff:ff"

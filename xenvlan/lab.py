@@ -19,7 +19,7 @@ import libvirt
 from xenvlan import hypervisor as hv
 from xenvlan import keys, vlan
 from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
-from xenvlan.hostnet import link_mtu
+from xenvlan.hostnet import is_guest_tap, link_mtu
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.session import GuestAddress, GuestSession
 from xenvlan.spec import GuestSpec, LabSpec
@@ -644,3 +644,20 @@ def _prune_empty(path: Path) -> None:
         if path == root:
             break
         path = path.parent
+
+
+def discover_lab_ports(uri: str | None = None) -> dict[str, str]:
+    """Host port -> "lab/guest" for every running xenvlan guest; empty when libvirt is away."""
+    try:
+        conn, _choice = hv.open_connection(uri)
+    except XenvlanError:
+        return {}
+    try:
+        ports: dict[str, str] = {}
+        for dom, own in hv.owned_domains(conn):
+            port = hv.host_port(dom)
+            if port and hv.domain_state(dom) == "running" and is_guest_tap(port, own.get("mac")):
+                ports[port] = f"{own.lab}/{own.get('guest')}"
+        return ports
+    finally:
+        conn.close()

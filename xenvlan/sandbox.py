@@ -251,14 +251,11 @@ def current_netns_is(netns: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def enter_if_running() -> str | None:
-    """Join the running sandbox's network namespace (so bridges and sysctls are the lab's)."""
-    state = load_state()
-    if state is None or not (NETNS_DIR / state.netns).exists():
-        return None
-    if current_netns_is(state.netns):
-        return state.netns
-    from pyroute2 import netns as pr_netns
-
-    pr_netns.setns(state.netns)
-    return state.netns
+def netns_inherited() -> bool:
+    """Whether this process runs in its parent's network namespace (nobody chose another)."""
+    try:
+        here = os.stat("/proc/self/ns/net")
+        parent = os.stat(f"/proc/{os.getppid()}/ns/net")
+    except OSError:
+        return True
+    return (here.st_dev, here.st_ino) == (parent.st_dev, parent.st_ino)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -25,8 +26,32 @@ def _register() -> None:
         module.register(app)
 
 
+def _reexec_in_sandbox() -> None:
+    """While a sandbox runs, re-run this command inside its namespace via `ip netns exec`.
+
+    `ip netns exec` also remounts /sys, so /sys/class/net shows the sandbox's bridges; a bare
+    setns() would not. Sandbox management itself runs where it was started.
+    """
+    args = sys.argv[1:]
+    if not args or args[0] in ("sandbox", "--help", "image") or os.environ.get("XENVLAN_NO_SANDBOX"):
+        return
+    from xenvlan import sandbox
+
+    state = sandbox.load_state()
+    if state is None or not sandbox.netns_inherited():
+        return  # no sandbox, or the caller already chose a namespace (ip netns exec ...)
+    if not (sandbox.NETNS_DIR / state.netns).exists():
+        return
+    print(f"xenvlan: inside sandbox network namespace {state.netns}", file=sys.stderr)
+    sys.stderr.flush()
+    argv = ["ip", "netns", "exec", state.netns, sys.executable, "-m", "xenvlan", *args]
+    os.environ["XENVLAN_NO_SANDBOX"] = "1"  # never re-exec twice
+    os.execvp("ip", argv)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turn XenvlanError into one line + exit code."""
+    _reexec_in_sandbox()
     _register()
     try:
         rc = app(standalone_mode=False)

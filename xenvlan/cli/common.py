@@ -32,9 +32,4 @@ def print_json(data: Any) -> None:
 
 
 def enter_sandbox() -> None:
-    """Join the sandbox's namespace when one runs (so bridges/sysctls are the lab's)."""
-    from xenvlan import sandbox
-
-    ns = sandbox.enter_if_running()
-    if ns:
-        err.print(f"[dim]» inside sandbox network namespace {ns}[/dim]")
+    """Kept for the verbs' call sites: `main()` already re-ran us inside a running sandbox."""

@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
         from xenvlan.dom0.inspect import record_host
 
         lab_ports = _parse_lab_ports(lab_port or [])
+        if not lab_ports and replay is None:
+            from xenvlan.lab import discover_lab_ports
+
+            lab_ports = discover_lab_ports()
         if record is not None:
             record_host(record)
         result = diagnose(lab_ports=lab_ports, recording=replay, kernel_release=kernel_release)

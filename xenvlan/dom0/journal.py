@@ -162,8 +162,14 @@ class HostJournal:
         return journal
 
     def close(self) -> None:
-        """Release the lock."""
+        """Release the lock; with nothing pending, leave no lock file or empty dir behind."""
         if self._lock_fd is not None:
+            if not self.entries and not self.path.exists():
+                with contextlib.suppress(OSError):
+                    self.path.with_name(self.path.name + ".lock").unlink()
+                    if self.path.parent == default_journal_dir():
+                        self.path.parent.rmdir()  # only when empty
+                        paths.state_dir().rmdir()
             os.close(self._lock_fd)
             self._lock_fd = None
 

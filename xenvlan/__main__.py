@@ -1,0 +1,5 @@
+"""`python -m xenvlan` runs the CLI."""
+
+from xenvlan.cli import main
+
+main()
