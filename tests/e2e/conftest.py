@@ -117,3 +117,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert not run_dir.exists() or not any(run_dir.rglob("*")), (
         f"files left under {run_dir}: {list(run_dir.rglob('*'))}"
     )
+
+
+@pytest.fixture(scope="module")
+def seed_lab(sandbox: Env) -> Iterator[dict]:  # type: ignore[type-arg]
+    """The seed lab, up for a whole test module, down after it."""
+    data = sandbox.xjson("up")
+    try:
+        yield data
+    finally:
+        sandbox.xenvlan("down", "--all", check=False)

@@ -33,7 +33,8 @@ def _reexec_in_sandbox() -> None:
     setns() would not. Sandbox management itself runs where it was started.
     """
     args = sys.argv[1:]
-    if not args or args[0] in ("sandbox", "--help", "image") or os.environ.get("XENVLAN_NO_SANDBOX"):
+    skip = not args or args[0] in ("sandbox", "--help", "image")
+    if skip or os.environ.get("XENVLAN_NO_SANDBOX"):
         return
     from xenvlan import sandbox
 
