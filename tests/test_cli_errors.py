@@ -19,12 +19,6 @@ import pytest
 LABS = Path(__file__).parent / "data" / "labs"
 ENTRY = "from xenvlan.cli import main; main()"
 
-BUG_USAGE_ERRORS = pytest.mark.xfail(
-    strict=True,
-    reason="bug cli/__init__.py main(): typer 0.29 vendors click as typer._click, so "
-    "`isinstance(exc, click.exceptions.UsageError)` misses usage errors: traceback, exit 1",
-)
-
 
 @dataclass(frozen=True)
 class Run:
@@ -144,20 +138,17 @@ def test_console_script(dirs: dict[str, Path]) -> None:
     _assert_nothing_made(dirs)
 
 
-@BUG_USAGE_ERRORS
 def test_unknown_option(dirs: dict[str, Path]) -> None:
     line = _assert_one_line_error(_xenvlan(dirs, "up", "--bogus"))
     assert "--bogus" in line
     _assert_nothing_made(dirs)
 
 
-@BUG_USAGE_ERRORS
 def test_unexpected_argument(dirs: dict[str, Path]) -> None:
     _assert_one_line_error(_xenvlan(dirs, "up", "extra"))
     _assert_nothing_made(dirs)
 
 
-@BUG_USAGE_ERRORS
 def test_unknown_command(dirs: dict[str, Path]) -> None:
     _assert_one_line_error(_xenvlan(dirs, "explode"))
     _assert_nothing_made(dirs)

@@ -23,18 +23,6 @@ from xenvlan.xml import NS, Ownership, metadata_element
 CAPS = Path(__file__).parent / "data" / "caps"
 TEST_URI = "test:///default"
 
-BUG_TEST_DRIVER_ARCH = pytest.mark.xfail(
-    strict=True,
-    reason="bug hypervisor.py domain_types(): the test driver offers only i686 guests, "
-    "so 'test' is never chosen and open_connection('test:///default') fails",
-)
-BUG_UNDEFINE_NVRAM = pytest.mark.xfail(
-    strict=True,
-    raises=HypervisorError,
-    reason="bug hypervisor.py remove_domain(): VIR_DOMAIN_UNDEFINE_NVRAM is refused by drivers "
-    "without NVRAM support (test driver: 'unsupported flags (0x4)')",
-)
-
 CPUINFO_VMX = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz
@@ -166,7 +154,6 @@ def test_choose_refuses_host_without_x86_64() -> None:
         hv.choose_domain_type("qemu:///system", caps, (True, "kvm fine"))
 
 
-@BUG_TEST_DRIVER_ARCH
 def test_choose_test_driver() -> None:
     dtype, _why = hv.choose_domain_type(TEST_URI, _caps("test.xml"), (False, "n/a"))
     assert dtype == "test"
@@ -175,7 +162,6 @@ def test_choose_test_driver() -> None:
 # ----------------------------------------------------------------------------- connection
 
 
-@BUG_TEST_DRIVER_ARCH
 def test_open_connection_test_driver() -> None:
     conn, choice = hv.open_connection(TEST_URI)
     try:
@@ -294,7 +280,6 @@ def test_lookup_missing_is_none(conn: libvirt.virConnect) -> None:
     assert dom is not None and dom.name() == "test"
 
 
-@BUG_UNDEFINE_NVRAM
 def test_remove_domain_idempotent(conn: libvirt.virConnect) -> None:
     name = f"xenvlan-rm{_uid()}-a"
     dom = _define(conn, name, Ownership("rm", "domain"), start=True)

@@ -25,23 +25,6 @@ from xenvlan.xml import Ownership, metadata_element, read_ownership
 
 TEST_URI = "test:///default"
 
-BUG_UNDEFINE_NVRAM = pytest.mark.xfail(
-    strict=True,
-    raises=HypervisorError,
-    reason="bug hypervisor.py remove_domain(): VIR_DOMAIN_UNDEFINE_NVRAM is refused by the test "
-    "driver ('unsupported flags (0x4)'), so down_lab cannot remove domains there",
-)
-BUG_TEST_DRIVER_ARCH = pytest.mark.xfail(
-    strict=True,
-    reason="bug hypervisor.py domain_types(): test:///default has only i686 guests, so "
-    "open_connection('test:///default') fails before up() reaches its checks",
-)
-BUG_LAB_NAME_UNCHECKED = pytest.mark.xfail(
-    strict=True,
-    reason="bug lab.py resolve_lab()/down_lab(): a --name like '../../x' is used unchecked as a "
-    "path; down_lab rmtree()s lab_dir(name) outside the run directory",
-)
-
 
 @pytest.fixture(autouse=True)
 def _dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,14 +278,12 @@ def test_labs_present_and_resolve(conn: libvirt.virConnect) -> None:
         lab.resolve_lab(conn, None)
 
 
-@BUG_LAB_NAME_UNCHECKED
 @pytest.mark.parametrize("name", ["../../victim", "a/b", "Seed", "a\n"])
 def test_resolve_lab_refuses_hostile_names(conn: libvirt.virConnect, name: str) -> None:
     with pytest.raises(SpecError):
         lab.resolve_lab(conn, name)
 
 
-@BUG_LAB_NAME_UNCHECKED
 def test_down_lab_never_removes_outside_the_run_dir(
     conn: libvirt.virConnect, tmp_path: Path
 ) -> None:
@@ -340,7 +321,6 @@ def test_check_conflicts_says_already_up(conn: libvirt.virConnect) -> None:
         lab._check_conflicts(conn, spec)
 
 
-@BUG_TEST_DRIVER_ARCH
 def test_up_refuses_foreign_domain_and_leaves_it(conn: libvirt.virConnect, tmp_path: Path) -> None:
     spec = from_dict({"name": f"u{_uid()}", "connect": TEST_URI})
     foreign = _define_domain(conn, lab.domain_name(spec.name, "a"), None)
@@ -398,7 +378,6 @@ def test_down_lab_network_only(conn: libvirt.virConnect, tmp_path: Path) -> None
     assert lab.down_lab(conn, name) == []  # idempotent
 
 
-@BUG_UNDEFINE_NVRAM
 def test_down_lab_removes_only_owned(conn: libvirt.virConnect, tmp_path: Path) -> None:
     name = f"d{_uid()}"
     macs = _make_lab(conn, name, tmp_path)

@@ -22,7 +22,7 @@ from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
 from xenvlan.hostnet import is_guest_tap, link_mtu
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.session import GuestAddress, GuestSession
-from xenvlan.spec import GuestSpec, LabSpec
+from xenvlan.spec import GuestSpec, LabSpec, check_lab_name
 from xenvlan.xml import DomainXML, NetworkXML, Ownership, dhcp_host_xml, read_ownership
 
 READY_MARK = "XENVLAN-READY"
@@ -532,7 +532,7 @@ def labs_present(conn: libvirt.virConnect) -> list[str]:
 def resolve_lab(conn: libvirt.virConnect, name: str | None) -> str:
     """The lab to act on: the given name, or the only lab present."""
     if name:
-        return name
+        return check_lab_name(name)
     present = labs_present(conn)
     if len(present) == 1:
         return present[0]

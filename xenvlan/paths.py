@@ -34,8 +34,10 @@ def run_dir() -> Path:
 
 
 def lab_dir(lab: str) -> Path:
-    """The run directory of one lab (0700)."""
-    return run_dir() / "labs" / lab
+    """The run directory of one lab (0700); the name must be a valid lab name."""
+    from xenvlan.spec import check_lab_name
+
+    return run_dir() / "labs" / check_lab_name(lab)
 
 
 def ensure_private_dir(path: Path) -> Path:

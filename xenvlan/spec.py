@@ -304,3 +304,8 @@ def _iface(value: Any, where: str) -> ipaddress.IPv4Interface:
     if iface.network.prefixlen > 30 and iface.network.prefixlen != 31:
         raise SpecError(f"{where}: prefix /{iface.network.prefixlen} leaves no room for two hosts")
     return iface
+
+
+def check_lab_name(name: str, where: str = "--name") -> str:
+    """A lab name usable in paths and libvirt names, or a SpecError."""
+    return _name(name, where)

@@ -43,8 +43,6 @@ def _reexec_in_sandbox() -> None:
         return  # no sandbox, or the caller already chose a namespace (ip netns exec ...)
     if not (sandbox.NETNS_DIR / state.netns).exists():
         return
-    print(f"xenvlan: inside sandbox network namespace {state.netns}", file=sys.stderr)
-    sys.stderr.flush()
     argv = ["ip", "netns", "exec", state.netns, sys.executable, "-m", "xenvlan", *args]
     os.environ["XENVLAN_NO_SANDBOX"] = "1"  # never re-exec twice
     os.execvp("ip", argv)
@@ -62,19 +60,27 @@ def main() -> None:
     except KeyboardInterrupt:
         print("xenvlan: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors, aborts
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("xenvlan: aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # usage errors from typer's (vendored) click
+        usage, click_exc = _click_exceptions()
+        if isinstance(exc, usage):
+            print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
             sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            print("xenvlan: aborted", file=sys.stderr)
-            sys.exit(130)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.ClickException):
-            print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+        if isinstance(exc, click_exc):
+            print(f"xenvlan: error: {exc.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+            sys.exit(int(getattr(exc, "exit_code", 1)))
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception]]:
+    """UsageError and ClickException of the click typer really uses (it may vendor its own)."""
+    try:
+        from typer._click import exceptions as ex  # typer >= 0.26
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as ex  # type: ignore[no-redef]
+    return ex.UsageError, ex.ClickException
