@@ -8,7 +8,7 @@ from types import ModuleType
 def _load() -> list[ModuleType]:
     import importlib
 
-    names = ["sandbox", "image", "up", "status", "ssh", "down", "sweep", "diagnose", "fix"]
+    names = ["sandbox", "image", "up", "status", "ssh", "down", "sweep", "diagnose", "fix", "repro"]
     modules = []
     for name in names:
         try:

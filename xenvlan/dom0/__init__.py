@@ -6,6 +6,7 @@ All functions act on the network namespace of the calling process; run them unde
 
 from __future__ import annotations
 
+from xenvlan.dom0 import firewall as firewall  # registers its journal reverter
 from xenvlan.dom0.findings import Diagnosis, Finding, analyze, diagnose
 from xenvlan.dom0.fix import (
     METHODS,

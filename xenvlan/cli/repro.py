@@ -1,0 +1,132 @@
+"""`xenvlan repro`: cliff, fix, proof, host restored — in one command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from xenvlan import repro
+from xenvlan.cli.common import err, load_lab, out, print_json, progress
+from xenvlan.lock import lab_lock
+from xenvlan.ping import IP_ICMP_HEADER
+from xenvlan.report_sweep import render_sweep
+
+
+def _sigterm(_sig: int, _frame: FrameType | None) -> None:
+    raise SystemExit(143)  # unwinds through every finally: host changes are reverted
+
+
+def render(result: repro.ReproResult) -> None:
+    """Before/after table, steps, verdict."""
+    tag = " [bold magenta](EMULATED legacy-vlan)[/]" if result.emulated else ""
+    out.print(f"[bold]xenvlan repro[/] scenario {result.scenario}{tag} — lab {result.lab}")
+    t = Table(show_edge=False)
+    for col in ("", "largest passing", "IP", "smallest failing", "IP", "verdict"):
+        t.add_column(col)
+
+    if result.matrix:
+        for m in result.matrix:
+            name = f"brnf {'on' if m['bridge_netfilter'] else 'off'}, DF {m['df']}"
+            t.add_row(name, *_cells(m["sweep"]))
+    else:
+        for name, r in (
+            ("before fix", result.before),
+            (f"after {result.fix_method}", result.after),
+        ):
+            if r is not None:
+                t.add_row(name, *_cells(r.to_json()))
+    out.print(t)
+    for c in result.setup:
+        out.print(f"  setup: {c.what}: {c.before} -> {c.after}  [dim]({c.why})[/]")
+    for fc in result.fix_changes:
+        out.print(f"  fix: {fc['name']}: {fc['before']} -> {fc['after']}")
+    for a in result.reverted:
+        out.print(f"  reverted: {a['kind']} {a['key']} <- {a['original']} ({a['result']})")
+    out.print(
+        "  host restored: "
+        + (
+            "[green]yes, identical snapshot[/]"
+            if result.restored
+            else "[red]NO[/] " + "; ".join(result.restore_diff)
+        )
+    )
+    out.print("  steps: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in result.steps))
+    code = result.verdict.get("code", "?")
+    style = "green" if code in ("cliff-removed", "brnf-refragments") else "yellow"
+    out.print(f"[bold {style}]{code}[/]: {result.verdict.get('text', '')}")
+
+
+def _cells(sweep: dict) -> list[str]:  # type: ignore[type-arg]
+    lp, sf = sweep["largest_passing"], sweep["smallest_failing"]
+    return [
+        str(lp) if lp is not None else "-",
+        str(lp + IP_ICMP_HEADER) if lp is not None else "-",
+        str(sf) if sf is not None else "-",
+        str(sf + IP_ICMP_HEADER) if sf is not None else "-",
+        sweep["verdict"]["code"],
+    ]
+
+
+def repro_cmd(
+    lab_file: Annotated[
+        Path | None, typer.Option("--lab", help="Lab file; default the seed lab.")
+    ] = None,
+    emulate: Annotated[
+        str | None, typer.Option(help="legacy-vlan: emulate the 2.6.18 cliff.")
+    ] = None,
+    scenario: Annotated[str, typer.Option(help="host | legacy-vlan | port-mtu.")] = "host",
+    method: Annotated[
+        str, typer.Option(help="Fix: call-iptables | call-all | vlan-tagged | bridge.")
+    ] = "call-iptables",
+    lo: Annotated[int | None, typer.Option("--from", help="Smallest payload.")] = None,
+    hi: Annotated[int | None, typer.Option("--to", help="Largest payload.")] = None,
+    count: Annotated[int, typer.Option(help="Probes per size.")] = 3,
+    port_mtu: Annotated[int, typer.Option(help="port-mtu scenario: b's port MTU.")] = 1400,
+    keep: Annotated[bool, typer.Option(help="Leave the lab up afterwards.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each sweep.")] = False,
+) -> None:
+    """Bring the lab up, diagnose, sweep, apply the fix, sweep again, revert, tear down."""
+    from xenvlan.errors import SpecError
+
+    if emulate is not None:
+        if emulate != "legacy-vlan":
+            raise SpecError(f"--emulate: {emulate!r}: the only emulation is legacy-vlan")
+        if scenario not in ("host", "legacy-vlan"):
+            raise SpecError("--emulate legacy-vlan and --scenario port-mtu exclude each other")
+        scenario = "legacy-vlan"
+    opts = repro.ReproOptions(
+        scenario=scenario, method=method, lo=lo, hi=hi, count=count, port_mtu=port_mtu, keep=keep
+    )
+    opts.validate()
+    spec = load_lab(lab_file)
+    signal.signal(signal.SIGTERM, _sigterm)
+    with lab_lock(spec.name):
+        result = repro.run(spec, opts, progress)
+    if report is not None:
+        from xenvlan.report import write_report
+
+        write_report(result, report)
+        err.print(f"report written to {report}")
+    if json_out:
+        print_json(result.to_json())
+    else:
+        if verbose:
+            for r in (result.before, result.after):
+                if r is not None:
+                    out.print(render_sweep(r))
+        render(result)
+    if not result.restored:
+        sys.exit(5)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `repro`."""
+    app.command("repro")(repro_cmd)
