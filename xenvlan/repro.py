@@ -372,12 +372,13 @@ def explain_port_mtu(
         ):
             parts[-1] += (
                 f"; datagrams the sender itself fragmented (IP > {sender_mtu}) still die, because "
-                f"their largest fragment ({sender_mtu}) exceeds the port MTU and the bridge "
-                "refuses to refragment into larger-than-received pieces"
+                f"their largest fragment ({sender_mtu}) exceeds the port MTU, and "
+                "bridge-netfilter refragments only into pieces as large as those it received"
             )
         code = "brnf-refragments"
     else:
         parts[-1] += "; bridge-netfilter made no difference in what got through"
         code = "brnf-no-difference"
+    parts[-1] += "."
     parts.append("No ICMP error comes back in any case: a bridge drops silently.")
     return {"code": code, "text": " ".join(parts)}
