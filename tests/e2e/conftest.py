@@ -100,6 +100,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     run_dir, state_dir = base / "run", base / "state"
     netns = f"xenvlan-test-{os.getpid()}"
     env = dict(os.environ)
+    env.pop("XENVLAN_NO_SANDBOX", None)  # the e2e CLI runs must enter the test's sandbox
     env.update(
         XENVLAN_RUN_DIR=str(run_dir),
         XENVLAN_STATE_DIR=str(state_dir),
