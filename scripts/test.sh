@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The tests also render the HTML report in a real headless browser.
+if ! command -v chromium >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 export XENVLAN_REQUIRE_E2E=1   # on this path a skipped e2e suite is a failure
 echo "== ruff"; python3 -m ruff check xenvlan tests bench
 echo "== mypy"; python3 -m mypy
