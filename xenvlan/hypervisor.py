@@ -10,7 +10,7 @@ from pathlib import Path
 
 import libvirt
 
-from xenvlan.errors import HypervisorError
+from xenvlan.errors import HypervisorError, SpecError
 from xenvlan.xml import Ownership, read_ownership
 
 XEN_URI = "xen:///system"
@@ -31,6 +31,7 @@ class Choice:
     uri: str
     domain_type: str
     reason: str
+    xen_mode: str | None = None  # pv | pvh | hvm for domain type xen, else None
 
 
 def kvm_usable(
@@ -89,24 +90,95 @@ def choose_domain_type(uri: str, caps_xml: str, kvm: tuple[bool, str]) -> tuple[
     raise HypervisorError(f"{uri}: the host offers no usable x86_64 domain type ({sorted(types)})")
 
 
-def open_connection(uri: str | None) -> tuple[libvirt.virConnect, Choice]:
+XEN_MODES = ("pv", "pvh", "hvm")
+#: <os_type> in libxl capabilities -> xenvlan's Xen mode (machines xenpv, xenpvh, xenfv).
+_XEN_OS_TYPES = {"xen": "pv", "linux": "pv", "xenpvh": "pvh", "hvm": "hvm"}
+
+
+def xen_modes(caps_xml: str) -> set[str]:
+    """The Xen guest kinds (pv, pvh, hvm) the host offers for x86_64 `xen` domains."""
+    modes: set[str] = set()
+    for guest in ET.fromstring(caps_xml).findall("guest"):
+        arch = guest.find("arch")
+        if arch is None or arch.get("name") != "x86_64":
+            continue
+        if not any(d.get("type") == "xen" for d in arch.findall("domain")):
+            continue
+        if mode := _XEN_OS_TYPES.get((guest.findtext("os_type") or "").strip()):
+            modes.add(mode)
+        if any((m.text or "").strip() == "xenpvh" for m in arch.findall("machine")):
+            modes.add("pvh")
+    return modes
+
+
+def choose_xen_mode(caps_xml: str, requested: str = "auto") -> tuple[str, str]:
+    """(mode, why): auto prefers PVH, then PV, then HVM; an explicit mode must be offered."""
+    offered = xen_modes(caps_xml)
+    listed = ", ".join(m for m in XEN_MODES if m in offered) or "none"
+    if requested != "auto":
+        if requested not in XEN_MODES:
+            raise SpecError(f"--xen-mode: {requested!r} is not one of auto, pv, pvh, hvm")
+        if requested not in offered:
+            raise HypervisorError(
+                f"the Xen host offers no {requested} x86_64 guests (offered: {listed})"
+            )
+        return requested, f"Xen {requested} given with --xen-mode"
+    for mode in ("pvh", "pv", "hvm"):
+        if mode in offered:
+            return mode, f"Xen {mode} auto-selected (offered: {listed})"
+    raise HypervisorError("the Xen host offers no x86_64 pv, pvh or hvm guests")
+
+
+def choice_from_capabilities(
+    uri: str, caps_xml: str, how: str, xen_mode: str = "auto", kvm: tuple[bool, str] | None = None
+) -> Choice:
+    """The Choice for a connection whose capabilities are `caps_xml` (pure, no libvirt call)."""
+    try:
+        dtype, why = choose_domain_type(uri, caps_xml, kvm or (False, "not probed"))
+    except ET.ParseError as exc:
+        raise HypervisorError(f"{uri}: capabilities are not XML ({exc})") from None
+    if dtype != "xen":
+        if xen_mode != "auto":
+            raise SpecError(f"--xen-mode {xen_mode}: {uri} offers {dtype} domains, not Xen")
+        return Choice(uri=uri, domain_type=dtype, reason=f"{how}; {dtype}: {why}")
+    mode, mode_why = choose_xen_mode(caps_xml, xen_mode)
+    return Choice(uri, dtype, f"{how}; {dtype}: {why}; {mode_why}", xen_mode=mode)
+
+
+def open_connection(
+    uri: str | None, xen_mode: str = "auto", *, readonly: bool = False
+) -> tuple[libvirt.virConnect, Choice]:
     """Open `uri`, or auto: xen:///system when the libxl driver answers, else qemu:///system."""
     tried: list[str] = []
     candidates = [uri] if uri else [XEN_URI, QEMU_URI]
     for cand in candidates:
         try:
-            conn = libvirt.open(cand)
+            conn = libvirt.openReadOnly(cand) if readonly else libvirt.open(cand)
         except libvirt.libvirtError as exc:
             tried.append(f"{cand}: {_msg(exc)}")
             continue
         if conn is None:
             tried.append(f"{cand}: no connection")
             continue
-        dtype, why = choose_domain_type(cand, conn.getCapabilities(), kvm_usable())
         how = "given with --connect" if uri else "auto-detected"
         if not uri and cand == QEMU_URI:
             how += f" ({tried[0] if tried else 'xen not tried'})"
-        return conn, Choice(uri=cand, domain_type=dtype, reason=f"{how}; {dtype}: {why}")
+        try:
+            choice = choice_from_capabilities(
+                cand, conn.getCapabilities(), how, xen_mode, kvm_usable()
+            )
+        except BaseException:
+            conn.close()
+            raise
+        return conn, choice
+    if uri and uri.split(":", 1)[0].split("+", 1)[0] == "xen":
+        raise HypervisorError(
+            f"{uri}: libvirt's Xen (libxl) driver is not reachable: {tried[0].split(': ', 1)[1]}"
+            " (needs a Xen Dom0 with libvirt-daemon-driver-xen; to preview the XML: "
+            "xenvlan up --dry-run --connect xen:///system --capabilities FILE)"
+        )
+    if xen_mode != "auto" and not uri:
+        tried.append("--xen-mode given but no Xen host answered")
     hint = " (is libvirtd running? on a bare machine: xenvlan sandbox start)"
     raise HypervisorError("cannot connect to libvirt: " + "; ".join(tried) + hint)
 

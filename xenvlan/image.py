@@ -699,6 +699,15 @@ def ensure_image(
     return img
 
 
+def cached_image(
+    *, cache: Path | None = None, kernel_package: str | None = None
+) -> tuple[GuestImage | None, Path]:
+    """(cached image for the current inputs or None, its directory); builds/writes nothing."""
+    inputs = image_inputs(kernel_package, memo=None)
+    final = (cache or cache_dir()) / "images" / str(inputs["key"])
+    return _load(final), final
+
+
 def image_from_files(kernel: Path, initrd: Path) -> GuestImage:
     """A GuestImage for a user-supplied kernel (bzImage or ELF vmlinux) and initramfs."""
     for p in (kernel, initrd):

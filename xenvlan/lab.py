@@ -23,7 +23,7 @@ from xenvlan.hostnet import is_guest_tap, link_mtu
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.session import GuestAddress, GuestSession
 from xenvlan.spec import GuestSpec, LabSpec, check_lab_name
-from xenvlan.xml import DomainXML, NetworkXML, Ownership, dhcp_host_xml, read_ownership
+from xenvlan.xml import dhcp_host_xml, read_ownership
 
 READY_MARK = "XENVLAN-READY"
 FAIL_MARK = "XENVLAN-FAIL"
@@ -304,13 +304,14 @@ class UpOptions:
     kernel: Path | None = None
     initrd: Path | None = None
     keep_on_error: bool = False
+    xen_mode: str = "auto"  # pv | pvh | hvm | auto (from the host capabilities)
 
 
 def up(spec: LabSpec, opts: UpOptions, progress: Progress = _noop) -> LabStatus:
     """Bring the lab up; on any failure remove everything it made (unless keep_on_error)."""
     timer = Timer()
     with timer.phase("connect"):
-        conn, choice = hv.open_connection(spec.connect)
+        conn, choice = hv.open_connection(spec.connect, opts.xen_mode)
     progress(f"hypervisor {choice.uri}, domain type {choice.domain_type}: {choice.reason}")
     try:
         _check_conflicts(conn, spec)
@@ -347,19 +348,11 @@ def _check_conflicts(conn: libvirt.virConnect, spec: LabSpec) -> None:
 def _ensure_network(
     conn: libvirt.virConnect, spec: LabSpec, progress: Progress
 ) -> tuple[libvirt.virNetwork, NetInfo]:
+    from xenvlan.plan import network_xml
+
     net = hv.lookup_network(conn, spec.network.name)
     if net is None:
-        subnet = spec.network.subnet
-        hosts = list(subnet.network.hosts())
-        xml_text = NetworkXML(
-            name=spec.network.name,
-            bridge=spec.network.bridge,
-            address=str(subnet.ip),
-            netmask=str(subnet.netmask),
-            range_start=str(hosts[1] if hosts[0] == subnet.ip else hosts[0]),
-            range_end=str(hosts[-1]),
-            owner=Ownership(spec.name, "network"),
-        ).render()
+        xml_text = network_xml(spec)
         progress(
             f"network {spec.network.name} absent: defining it on {spec.network.bridge} (owned)"
         )
@@ -395,6 +388,7 @@ def _up(
     progress: Progress,
 ) -> LabStatus:
     from xenvlan import image as image_mod
+    from xenvlan.plan import plan_lab
 
     ldir = ensure_private_dir(lab_dir(spec.name))
     with timer.phase("image"):
@@ -419,49 +413,20 @@ def _up(
         ips = pick_addresses(info, _leases(net), len(spec.guests))
     plan: list[tuple[GuestSpec, str, str, Path]] = []
     with timer.phase("define"):
-        for g, ip in zip(spec.guests, ips, strict=True):
-            mac = mac_for(spec.name, g.name, choice.domain_type)
-            console = ldir / f"{g.name}.console"
-            console.unlink(missing_ok=True)
-            owner = Ownership(
-                spec.name,
-                "domain",
-                {
-                    "guest": g.name,
-                    "mac": mac,
-                    "mgmt_ip": ip,
-                    "network": info.name,
-                    "vlan_id": str(spec.vlan.id),
-                    "vlan_if": spec.vlan.ifname,
-                    "vlan_ip": str(g.vlan_ip),
-                    "host_key": host_keys[g.name].public_openssh,
-                },
-            )
-            cmdline = (
-                f"console=ttyS0 quiet panic=-1 xenvlan.name={g.name} "
-                f"xenvlan.mgmt={ip}/{info.address.network.prefixlen} xenvlan.gw={info.address.ip}"
-            )
-            dom_xml = DomainXML(
-                name=domain_name(spec.name, g.name),
-                domain_type=choice.domain_type,
-                memory_mib=g.memory_mib,
-                vcpus=g.vcpus,
-                kernel=img.kernel,
-                initrd=ldir / f"{g.name}.initrd",
-                cmdline=cmdline,
-                network=info.name,
-                mac=mac,
-                console_log=console,
-                owner=owner,
-            ).render()
+        lab_plan = plan_lab(
+            spec, choice, kernel=img.kernel, bzimage=img.bzimage, ldir=ldir, info=info, ips=ips,
+            host_keys={n: k.public_openssh for n, k in host_keys.items()}, define_network=False,
+        )  # fmt: skip
+        for note in lab_plan.notes:
+            progress(note)
+        for gp in lab_plan.guests:
+            gp.console.unlink(missing_ok=True)  # a marker from an earlier run must not count
             try:
-                conn.defineXML(dom_xml)
+                conn.defineXML(gp.xml)
             except libvirt.libvirtError as exc:
-                raise HypervisorError(
-                    f"defining {domain_name(spec.name, g.name)}: {hv.error_text(exc)}"
-                ) from None
-            add_reservation(net, mac, ip, domain_name(spec.name, g.name))
-            plan.append((g, mac, ip, console))
+                raise HypervisorError(f"defining {gp.domain}: {hv.error_text(exc)}") from None
+            add_reservation(net, gp.mac, gp.ip, gp.domain)
+            plan.append((gp.guest, gp.mac, gp.ip, gp.console))
     with timer.phase("start"):
         for g, _mac, _ip, _console in plan:
             dom = hv.lookup_domain(conn, domain_name(spec.name, g.name))

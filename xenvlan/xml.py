@@ -107,11 +107,21 @@ class DomainXML:
     mac: str
     console_log: Path
     owner: Ownership
+    xen_mode: str | None = None  # pv | pvh | hvm when domain_type is xen
+    bridge: str = ""  # Xen: the host bridge the vif joins (no libvirt network in between)
 
-    def render(self, template: str = "domain-qemu.xml.j2") -> str:
+    def template(self) -> str:
+        """domain-xen.xml.j2 for Xen (PV/PVH/HVM), else domain-qemu.xml.j2."""
+        return "domain-xen.xml.j2" if self.domain_type == "xen" else "domain-qemu.xml.j2"
+
+    def render(self, template: str | None = None) -> str:
         """The domain XML."""
+        if self.domain_type == "xen" and (
+            self.xen_mode not in ("pv", "pvh", "hvm") or not self.bridge
+        ):
+            raise ValueError("a xen domain needs xen_mode pv|pvh|hvm and a bridge")
         return render(
-            template,
+            template or self.template(),
             name=self.name,
             domain_type=self.domain_type,
             memory_mib=self.memory_mib,
@@ -123,6 +133,8 @@ class DomainXML:
             mac=self.mac,
             console_log=str(self.console_log),
             metadata=metadata_element(self.owner),
+            xen_mode=self.xen_mode or "",
+            bridge=self.bridge,
         )
 
 

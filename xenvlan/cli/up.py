@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -27,8 +28,30 @@ def up(
         bool, typer.Option(help="Leave a failed lab in place to debug it.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    xen_mode: Annotated[
+        str,
+        typer.Option(
+            help="Xen guest kind: pv, pvh, hvm, or auto (PVH, else PV, else HVM, from the host)."
+        ),
+    ] = "auto",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print every XML document `up` would define (separated by ---); change nothing."
+        ),
+    ] = False,
+    capabilities: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --dry-run: describe the host by this capabilities XML; no connection."
+        ),
+    ] = None,
 ) -> None:
     """Define and boot two guests on the bridge and make the VLAN inside them."""
+    if xen_mode not in ("auto", "pv", "pvh", "hvm"):
+        raise SpecError(f"--xen-mode: {xen_mode!r} is not one of auto, pv, pvh, hvm")
+    if capabilities is not None and not dry_run:
+        raise SpecError("--capabilities only goes with --dry-run")
     spec = load_lab(lab_file)
     if connect:
         from dataclasses import replace
@@ -40,11 +63,25 @@ def up(
         spec = replace(spec, connect=connect)
     if (kernel is None) != (initrd is None):
         raise SpecError("--kernel and --initrd go together")
-    enter_sandbox()
-    with lab_lock(spec.name):
-        status = lab.up(
-            spec, lab.UpOptions(kernel=kernel, initrd=initrd, keep_on_error=keep_on_error), progress
+    if dry_run:
+        from xenvlan.plan import dry_run as plan_dry_run
+
+        plan = plan_dry_run(
+            spec,
+            xen_mode=xen_mode,
+            capabilities=capabilities,
+            kernel=kernel,
+            initrd=initrd,
+            progress=progress,
         )
+        sys.stdout.write(plan.dump())
+        return
+    enter_sandbox()
+    opts = lab.UpOptions(
+        kernel=kernel, initrd=initrd, keep_on_error=keep_on_error, xen_mode=xen_mode
+    )
+    with lab_lock(spec.name):
+        status = lab.up(spec, opts, progress)
     if json_out:
         print_json(status.to_json())
     else:
