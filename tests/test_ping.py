@@ -13,6 +13,7 @@ import pytest
 
 from xenvlan.errors import GuestError, SpecError
 from xenvlan.ping import (
+    DETECT_COMMAND,
     CommandResult,
     GuestProber,
     PingResult,
@@ -161,13 +162,47 @@ needs_ping = pytest.mark.skipif(
 
 @needs_ping
 def test_prober_detects_and_batches_on_loopback() -> None:
-    prober = GuestProber(local_runner, "127.0.0.1", timeout_s=0.3)
+    # A DF mode needs iputils -M, so detection must pick iputils even when busybox is there.
+    prober = GuestProber(local_runner, "127.0.0.1", timeout_s=1.0, df="want")
     sizes = [0, 56, 1472, 1473, 9000, 65507]
-    results = prober.probe(sizes, count=2)
+    results = prober.probe(sizes, count=[2, 1, 2, 1, 2, 3])
     assert prober.tool.impl == "iputils"
     assert [r.size for r in results] == sizes
-    assert all(r.received == 2 for r in results), results
+    assert [r.sent for r in results] == [2, 1, 2, 1, 2, 3], results
+    assert all(r.passed for r in results), results
     assert prober.commands == 2  # one detection, one batch
+
+
+def test_detection_prefers_busybox_without_df() -> None:
+    both = "impl iputils\nping from iputils 20221126\nimpl busybox busybox\nuid 0\n"
+    assert parse_detect(both).impl == "busybox"
+    assert parse_detect(both).path == "busybox"
+    assert parse_detect(both, df="do").impl == "iputils"
+    assert parse_detect(both, df="do").version == 20221126
+    # only busybox: returned even with a DF mode (the prober then refuses the DF mode)
+    assert parse_detect("impl busybox ping\nuid 0\n", df="do").impl == "busybox"
+
+
+@needs_ping
+def test_detect_command_runs_in_sh() -> None:
+    out = local_runner(DETECT_COMMAND, timeout=10).stdout
+    assert "impl iputils" in out and "uid " in out
+    assert parse_detect(out, df="want").impl == "iputils"
+    if shutil.which("busybox"):
+        assert parse_detect(out).impl == "busybox"
+
+
+def test_batch_counts_per_size_and_one_watchdog() -> None:
+    prober = GuestProber(local_runner, "h", impl="busybox", timeout_s=0.3)
+    cmd = prober.batch_command([10, 20, 30], [1, 3, 1])
+    assert cmd.count("kill -INT") == 1
+    assert "kill -INT $p0 $p1 $p2" in cmd
+    assert "-c 3 -s 20 -i 0.002 -W 1" in cmd and "-c 1 -s 30 -i 0.002 -W 1" in cmd
+    assert "cat 0 1 2" in cmd
+    with pytest.raises(SpecError):
+        prober.batch_command([10, 20], [1])
+    iputils = GuestProber(local_runner, "h", impl="iputils", timeout_s=0.3)
+    assert "kill" not in iputils.batch_command([10], 1)  # fractional -W: no watchdog
 
 
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="needs busybox")

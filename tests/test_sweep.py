@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from xenvlan.errors import SpecError
-from xenvlan.ping import MAX_PAYLOAD, PingResult
+from xenvlan.ping import MAX_PAYLOAD, Counts, PingResult
 from xenvlan.sweep import (
     REFINE_BATCH,
     SweepOptions,
@@ -45,11 +45,19 @@ class SimTarget:
         self.calls = 0
         self.timeout_s = 1.0
         self.transient_hits = 0
+        self.counts: list[tuple[int, int]] = []
+        self.timeouts: list[float] = []
+        self.batches: list[list[int]] = []
 
-    def probe(self, sizes: Sequence[int], *, count: int) -> list[PingResult]:
+    def probe(self, sizes: Sequence[int], *, count: Counts) -> list[PingResult]:
         self.calls += 1
+        self.timeouts.append(self.timeout_s)
+        self.batches.append(list(sizes))
         out = []
-        for s in sizes:
+        counts = [count] * len(sizes) if isinstance(count, int) else list(count)
+        assert len(counts) == len(sizes)
+        self.counts.extend(zip(sizes, counts, strict=True))
+        for s, count in zip(sizes, counts, strict=True):
             self.seen[s] += 1
             if self.local_error_above is not None and s > self.local_error_above:
                 err = f"local: message too long, mtu={self.local_error_above + 28}"
@@ -117,6 +125,40 @@ def test_transient_loss_never_invents_a_cliff(
     assert_bounded(res, t, 1)
 
 
+def test_first_probe_is_one_request_and_every_failure_is_confirmed() -> None:
+    t = SimTarget(lambda s: s < 1377)
+    res = sweep(t)
+    seen: dict[int, list[int]] = {}
+    for size, count in t.counts:
+        seen.setdefault(size, []).append(count)
+    assert all(counts[0] == 1 for counts in seen.values())
+    assert all(counts[1:] == [3] for counts in seen.values() if len(counts) > 1)
+    for size, stat in res.stats.items():
+        if not stat.passed:  # two rounds, 1 + count requests, none answered
+            assert (stat.probes, stat.sent, stat.received) == (2, 4, 0), size
+        else:
+            assert stat.probes == 1
+    assert res.rounds == 4  # calibration, coarse, refine + confirm, confirm
+
+
+def test_lost_packet_on_a_healthy_path_costs_one_small_batch() -> None:
+    t = SimTarget(lambda s: True, lost_first=frozenset({8271, 1440}))
+    res = sweep(t)
+    assert res.transitions == [] and res.verdict.code == "no-cliff"
+    assert res.probes == len({*GRID, 56}) + 2  # only the two lost sizes again, nothing refined
+    assert res.rounds == 3
+
+
+def test_coarse_failure_beside_a_wide_gap_waits_for_confirmation() -> None:
+    cliff = 9000  # between coarse sizes 8271 and 10339
+    t = SimTarget(lambda s: s < cliff)
+    res = sweep(t)
+    assert res.transitions == [Transition(cliff - 1, cliff)]
+    # the first batch after the coarse pass only confirms; refining starts once 10339 is sure
+    assert t.batches[2] == [g for g in GRID if g >= 10339]
+    assert min(t.batches[3]) > 8271 and max(t.batches[3]) < 10339
+
+
 def test_healthy_and_dead_paths() -> None:
     res = sweep(SimTarget(lambda s: True))
     assert (res.transitions, res.largest_passing, res.smallest_failing) == ([], MAX_PAYLOAD, None)
@@ -142,9 +184,15 @@ def test_local_error_cliff_is_the_sender() -> None:
 
 
 def test_timeout_adapts_to_rtt() -> None:
-    t = SimTarget(lambda s: True)
-    sweep(t)
-    assert t.timeout_s == 0.2
+    t = SimTarget(lambda s: s < 1377, lost_first=frozenset({100}))
+    res = sweep(t)
+    assert res.timeout_s == 0.2
+    # calibration with the initial timeout, first probes with the short one, any batch holding
+    # a confirmation with the full one
+    assert t.timeouts[0] == 1.0
+    assert t.timeouts[1] == 0.1
+    assert all(to == 0.2 for to in t.timeouts[2:])
+    assert len(t.timeouts) > 2
     slow = [PingResult(56, 3, 3, 120.0, None)]
     assert derive_timeout(slow) == 0.48
     assert derive_timeout([PingResult(56, 3, 0, None, None)]) is None

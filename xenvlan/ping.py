@@ -233,40 +233,83 @@ class PingTool:
 
 
 DETECT_COMMAND = (
-    "if [ -x /usr/bin/ping ] && LC_ALL=C /usr/bin/ping -V 2>&1 | grep -q iputils; then "
-    "echo 'impl iputils'; LC_ALL=C /usr/bin/ping -V 2>&1 | head -n 1; "
-    "elif command -v busybox >/dev/null 2>&1; then echo 'impl busybox busybox'; "
-    "elif command -v ping >/dev/null 2>&1; then echo 'impl busybox ping'; "
-    "else echo 'impl none'; fi; echo \"uid $(id -u)\""
+    "v=$(LC_ALL=C /usr/bin/ping -V 2>&1); i=; case $v in *iputils*) i=1; "
+    "echo 'impl iputils'; echo \"$v\" | head -n 1;; esac; "
+    "if command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx ping; then "
+    "echo 'impl busybox busybox'; "
+    "elif [ -z \"$i\" ] && command -v ping >/dev/null 2>&1; then echo 'impl busybox ping'; fi; "
+    'echo "uid $(id -u)"'
+)
+"""Prints one ``impl`` line per ping found (iputils with its version line, busybox applet)."""
+
+_DETECT_BUSYBOX_FIRST = (
+    "if command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx ping; then "
+    "echo 'impl busybox busybox'; echo \"uid $(id -u)\"; else " + DETECT_COMMAND + "; fi"
 )
 
 
-def parse_detect(stdout: str) -> PingTool:
-    """Interpret the output of :data:`DETECT_COMMAND`."""
-    impl_line = next((ln.split() for ln in stdout.splitlines() if ln.startswith("impl ")), [])
-    uid_line = next((ln.split() for ln in stdout.splitlines() if ln.startswith("uid ")), [])
+def detect_command(df: str | None) -> str:
+    """The detection command: without a DF mode, stop at busybox ping (skips iputils' load)."""
+    return DETECT_COMMAND if df is not None else _DETECT_BUSYBOX_FIRST
+
+
+def parse_detect(stdout: str, *, df: str | None = None) -> PingTool:
+    """Interpret the output of :data:`DETECT_COMMAND` and choose the ping to use.
+
+    Without a DF mode, busybox ping is preferred when the guest has both: the two send the same
+    packets (neither touches IP_MTU_DISCOVER unless told to), but iputils is linked against
+    libidn2/libunistring/libcap, and under TCG loading those costs ~25 ms per process against
+    ~4 ms for the busybox applet, which dominates a sweep of ~70 concurrent pings. A DF mode
+    needs iputils ``-M``.
+    """
+    lines = stdout.splitlines()
+    impls = [ln.split() for ln in lines if ln.startswith("impl ")]
+    uid_line = next((ln.split() for ln in lines if ln.startswith("uid ")), [])
     root = len(uid_line) == 2 and uid_line[1] == "0"
-    if len(impl_line) >= 2 and impl_line[1] == "iputils":
-        m = re.search(r"(?:s|\b)(\d{8})\b", stdout)
-        version = int(m.group(1)) if m else None
-        new = version is not None and version >= IPUTILS_FRACTIONAL_W
-        small_ok = root or (version is not None and version >= IPUTILS_USER_2MS)
-        return PingTool("iputils", "/usr/bin/ping", version, new, 0.002 if small_ok else 0.2)
-    if len(impl_line) >= 3 and impl_line[1] == "busybox":
-        return PingTool("busybox", impl_line[2], None, False, 0.002)
+    iputils: PingTool | None = None
+    busybox: PingTool | None = None
+    for fields in impls:
+        if len(fields) >= 2 and fields[1] == "iputils" and iputils is None:
+            m = re.search(r"(?:s|\b)(\d{8})\b", stdout)
+            version = int(m.group(1)) if m else None
+            new = version is not None and version >= IPUTILS_FRACTIONAL_W
+            small_ok = root or (version is not None and version >= IPUTILS_USER_2MS)
+            iputils = PingTool("iputils", "/usr/bin/ping", version, new, 0.002 if small_ok else 0.2)
+        elif len(fields) >= 3 and fields[1] == "busybox" and busybox is None:
+            busybox = PingTool("busybox", fields[2], None, False, 0.002)
+    if df is None and busybox is not None:
+        return busybox
+    if iputils is not None:
+        return iputils
+    if busybox is not None:
+        return busybox
     raise GuestError("no ping in the guest: neither /usr/bin/ping (iputils) nor busybox ping")
 
 
 _MARK = "@@xenvlan-ping"
 
 
+Counts = int | Sequence[int]
+"""Requests per size: one number for every size, or one per size."""
+
+
+def _counts(sizes: Sequence[int], count: Counts) -> list[int]:
+    counts = [count] * len(sizes) if isinstance(count, int) else list(count)
+    if len(counts) != len(sizes):
+        raise SpecError(f"{len(counts)} ping counts for {len(sizes)} sizes")
+    return counts
+
+
 class GuestProber:
     """Runs many pings concurrently inside the guest, one shell command per batch.
 
-    Each ping writes to its own file in a temporary directory; the shell waits for all of them
-    and prints each file after a marker line, so a batch costs one round trip and roughly one
-    timeout when sizes fail. When ping cannot take a sub-second ``-W`` (busybox, old iputils), a
-    watchdog interrupts it with SIGINT, on which both implementations print their summary.
+    Each ping writes a marker line and then its output to its own file in a temporary
+    directory; the shell waits for all of them and prints the files with one ``cat``, so a batch
+    costs one round trip, one process per size plus a handful, and roughly one timeout when
+    sizes fail. When ping cannot take a sub-second ``-W`` (busybox, old iputils), one watchdog
+    per batch interrupts every ping still running with SIGINT, on which both implementations
+    print their summary; it fires ``timeout_s`` (plus the send time) after the last ping was
+    started, so no ping gets less than its timeout.
     """
 
     def __init__(
@@ -302,69 +345,85 @@ class GuestProber:
 
     @property
     def tool(self) -> PingTool:
-        """The ping implementation in use, detected in the guest on first use."""
+        """The ping implementation in use, detected in the guest on first use (one round trip).
+
+        Without ``impl``, busybox ping is chosen when the guest has it and no DF mode is asked
+        for, iputils otherwise (see :func:`parse_detect`).
+        """
         if self._tool is None:
-            res = self._run(DETECT_COMMAND, timeout=15.0)
+            res = self._run(detect_command(self.df), timeout=15.0)
             self.commands += 1
-            self._tool = parse_detect(res.stdout)
+            self._tool = parse_detect(res.stdout, df=self.df)
             if self._tool.impl == "busybox" and self.df is not None:
                 raise SpecError(
                     "the guest has only busybox ping, which cannot set the DF mode; drop --df"
                 )
         return self._tool
 
+    @property
+    def interval(self) -> float:
+        """Seconds between the requests of one ping: ``interval_s`` or the tool's minimum."""
+        return self.interval_s if self.interval_s is not None else self.tool.min_interval_s
+
     def argv(self, size: int, count: int) -> list[str]:
         """The ping argv this prober uses for one size."""
         tool = self.tool
-        interval = self.interval_s if self.interval_s is not None else tool.min_interval_s
         return ping_argv(
             tool.impl,
             self.dst,
             size,
             count=count,
             timeout_s=self.timeout_s,
-            interval_s=interval,
+            interval_s=self.interval,
             df=self.df,
             ping_path=tool.path,
             fractional_timeout=tool.fractional_timeout,
         )
 
-    def batch_command(self, sizes: Sequence[int], count: int) -> str:
-        """The shell command line that probes ``sizes`` concurrently."""
+    def batch_command(self, sizes: Sequence[int], count: Counts) -> str:
+        """The shell command line that probes ``sizes`` concurrently (``count`` requests each)."""
         tool = self.tool
-        interval = self.interval_s if self.interval_s is not None else tool.min_interval_s
+        counts = _counts(sizes, count)
         watchdog = not (tool.impl == "iputils" and tool.fractional_timeout)
-        stop_after = _fmt_seconds(self.timeout_s + count * interval + 0.05)
         lines = [
             "export LC_ALL=C",
             "d=$(mktemp -d /tmp/xenvlan-ping.XXXXXX 2>/dev/null) || { d=/tmp/xenvlan-ping.$$; "
             'mkdir "$d" || exit 97; }',
+            'cd "$d" || exit 97',
         ]
-        for i, size in enumerate(sizes):
-            argv = " ".join(shlex.quote(a) for a in self.argv(size, count))
-            lines.append(f'{argv} >"$d/{i}" 2>&1 </dev/null & p{i}=$!')
-            if watchdog:
-                lines.append(f"(sleep {stop_after}; kill -INT $p{i}) >/dev/null 2>&1 </dev/null &")
-        for i in range(len(sizes)):
-            lines.append(f"wait $p{i}; r{i}=$?")
-        for i, size in enumerate(sizes):
-            lines.append(f'echo "{_MARK} {i} {size} $r{i}"; cat "$d/{i}"')
-        lines.append(f'echo "{_MARK} end"; rm -rf "$d"')
+        for i, (size, n) in enumerate(zip(sizes, counts, strict=True)):
+            argv = " ".join(shlex.quote(a) for a in self.argv(size, n))
+            # The group's child execs ping: one process per size, and $! is ping itself.
+            group = f'{{ echo; echo "{_MARK} {i} {size}"; exec {argv}; }}'
+            lines.append(f"{group} >{i} 2>&1 </dev/null & p{i}=$!")
+        pids = " ".join(f"$p{i}" for i in range(len(sizes)))
+        if watchdog and sizes:
+            stop_after = _fmt_seconds(self.timeout_s + max(counts) * self.interval + 0.05)
+            lines.append(
+                f"(sleep {stop_after}; kill -INT {pids}) >/dev/null 2>&1 </dev/null & w=$!"
+            )
+        if sizes:
+            lines.append(f"wait {pids}")
+        if watchdog and sizes:
+            lines.append("kill $w 2>/dev/null")
+        if sizes:
+            lines.append("cat " + " ".join(str(i) for i in range(len(sizes))))
+        lines.append(f'echo; echo "{_MARK} end"; cd / && rm -rf "$d"')
         return "\n".join(lines)
 
-    def probe(self, sizes: Sequence[int], *, count: int) -> list[PingResult]:
-        """Ping every size ``count`` times; results in the order of ``sizes``."""
+    def probe(self, sizes: Sequence[int], *, count: Counts) -> list[PingResult]:
+        """Ping every size ``count`` times (or ``count[i]`` times); results in size order given."""
+        counts = _counts(sizes, count)
         results: list[PingResult] = []
         for start in range(0, len(sizes), self.max_parallel):
             chunk = list(sizes[start : start + self.max_parallel])
             if chunk:
-                results += self._probe_chunk(chunk, count)
+                results += self._probe_chunk(chunk, counts[start : start + self.max_parallel])
         return results
 
-    def _probe_chunk(self, sizes: list[int], count: int) -> list[PingResult]:
-        command = self.batch_command(sizes, count)
-        interval = self.interval_s if self.interval_s is not None else self.tool.min_interval_s
-        budget = self.timeout_s + count * interval + 10.0 + 0.05 * len(sizes)
+    def _probe_chunk(self, sizes: list[int], counts: list[int]) -> list[PingResult]:
+        command = self.batch_command(sizes, counts)
+        budget = self.timeout_s + max(counts) * self.interval + 10.0 + 0.05 * len(sizes)
         res = self._run(command, timeout=budget)
         self.commands += 1
         outputs = _split_batch(res.stdout, len(sizes))

@@ -2,26 +2,42 @@
 
 Search
     1. Calibrate: probe ``lo`` and 56 (or the nearest size in range) with the prober's initial
-       timeout, then derive the timeout from the measured RTT (see :func:`derive_timeout`).
+       timeout, then derive the timeouts from the measured RTT (see :func:`derive_timeout`).
     2. Coarse pass, one batch: a geometric grid over ``lo..hi`` (ratio 1.25), every 8 bytes over
        IP lengths 1400..1520 and over the sender MTU ±40, and the signature sizes MTU, MTU+1,
        MTU+4, MTU+5 (IP length) exactly. Between two probed sizes with the same outcome nothing
        is assumed tested: a pass-fail-pass window narrower than the local grid spacing outside
        the dense regions can be missed (the verdict says so).
-    3. Refine: every adjacent pair of probed sizes with different outcomes is split by a k-ary
-       search (up to :data:`REFINE_BATCH` new sizes per round, shared among all open gaps), so
-       each round is one batch and one round trip, until every transition is between n and n+1.
-    4. Confirm: the failing side of every transition, and the smallest failing size, is probed
-       again with fresh probes. Only a size that failed twice is reported failing; if it now
-       answers, the search continues from there.
+    3. Refine and confirm, one batch per round until nothing is left: every adjacent pair of
+       probed sizes with different outcomes is split by a k-ary search (up to
+       :data:`REFINE_BATCH` new sizes per round, shared among all open gaps), and in the same
+       batch every size that has failed once is probed again (the confirmation). The gaps next
+       to a coarse size that failed once and looks like a lost packet (both probed neighbours
+       pass, or the gap to a passing neighbour is wider than one refine batch) wait for its
+       confirmation instead of being refined on spec. The search ends when every transition is
+       between n and n+1 and every failing size is confirmed.
 
 Classification rule
     A size *passes* when at least one echo reply came back over all its probes (a reply cannot
-    be invented, so one is proof of delivery); it *fails* when none of its ``count`` probes was
-    answered, and a failing size at a transition counts only after a second, fresh round of
-    ``count`` probes is lost too. This tolerates up to ``count - 1`` lost packets per probe and
-    a whole lost probe at an edge, and still catches a 100%-loss cliff. Partial loss is kept in
-    the samples and shown, never turned into a cliff.
+    be invented, so one is proof of delivery). The first probe of every size is a single
+    request; a size that got no reply is probed again in a later batch with ``count`` requests
+    and the full timeout, and *fails* only when that is lost too: every failing size reported
+    lost 1 + ``count`` requests over two rounds. So a lost packet, or a whole lost probe, never
+    makes a failing size, let alone a cliff, while a 100%-loss cliff is still caught; partial
+    loss is kept in the samples and shown, never turned into a cliff. (Earlier, every
+    probe was ``count`` requests and only the sizes at a transition were probed twice; a
+    passing size now shows 1/1 where it showed 3/3, and ``count`` is the size of the
+    confirming probe.)
+
+Timeouts
+    Batches holding only first probes wait ``max(0.1 s, 2 x RTT)``: a reply they miss costs a
+    confirmation, never a verdict. A batch holding any confirmation waits the full
+    ``max(0.2 s, 4 x RTT)``. RTT is the slowest average seen so far, so it includes the CPU
+    contention of a big batch in the guest.
+
+Cost (TCG lab, 1 vCPU guests, busybox ping; see bench/sweep.py): a batch costs one SSH round
+trip (~15 ms), ~4 ms of process start per size, and a timeout when a size fails. A healthy
+0..65507 sweep is 2 batches (~70 sizes, ~0.5 s); a cliff is 4 (~130 probes, ~1.5-2 s).
 """
 
 from __future__ import annotations
@@ -33,7 +49,7 @@ from itertools import pairwise
 from typing import Any, Protocol, runtime_checkable
 
 from xenvlan.errors import SpecError
-from xenvlan.ping import DF_MODES, IP_ICMP_HEADER, MAX_PAYLOAD, PingResult
+from xenvlan.ping import DF_MODES, IP_ICMP_HEADER, MAX_PAYLOAD, Counts, PingResult
 from xenvlan.verdict import SizeStat, Transition, Verdict, aggregate, decide
 
 __all__ = [
@@ -54,15 +70,18 @@ DENSE_STEP = 8
 MTU_BAND = 40
 REFINE_BATCH = 24
 CONFIRM_PROBES = 2
+FIRST_COUNT = 1
 TIMEOUT_FLOOR_S = 0.2
 RTT_FACTOR = 4.0
+FIRST_TIMEOUT_FLOOR_S = 0.1
+FIRST_RTT_FACTOR = 2.0
 MAX_ROUNDS = 64
 
 
 class Prober(Protocol):
-    """Pings many payload sizes at once; results in the order of ``sizes``."""
+    """Pings many payload sizes at once (``count`` requests each, or one count per size)."""
 
-    def probe(self, sizes: Sequence[int], *, count: int) -> list[PingResult]: ...
+    def probe(self, sizes: Sequence[int], *, count: Counts) -> list[PingResult]: ...
 
 
 @runtime_checkable
@@ -71,7 +90,7 @@ class AdaptiveProber(Protocol):
 
     timeout_s: float
 
-    def probe(self, sizes: Sequence[int], *, count: int) -> list[PingResult]: ...
+    def probe(self, sizes: Sequence[int], *, count: Counts) -> list[PingResult]: ...
 
 
 @dataclass(frozen=True)
@@ -167,18 +186,46 @@ def coarse_grid(lo: int, hi: int, mtu: int | None = None) -> list[int]:
     return sorted(p for p in pts if lo <= p <= hi)
 
 
-def derive_timeout(samples: Sequence[PingResult], floor_s: float = TIMEOUT_FLOOR_S) -> float | None:
-    """Per-ping timeout from the slowest average RTT seen: ``max(floor, 4 x RTT)``."""
+def derive_timeout(
+    samples: Sequence[PingResult],
+    floor_s: float = TIMEOUT_FLOOR_S,
+    factor: float = RTT_FACTOR,
+) -> float | None:
+    """Per-ping timeout from the slowest average RTT seen: ``max(floor, factor x RTT)``.
+
+    The defaults (0.2 s, 4 x RTT) are the confirming timeout; first probes use
+    ``derive_timeout(samples, FIRST_TIMEOUT_FLOOR_S, FIRST_RTT_FACTOR)`` (0.1 s, 2 x RTT).
+    """
     rtts = [s.rtt_avg_ms for s in samples if s.received and s.rtt_avg_ms is not None]
     if not rtts:
         return None
-    return round(max(floor_s, RTT_FACTOR * max(rtts) / 1000.0), 3)
+    return round(max(floor_s, factor * max(rtts) / 1000.0), 3)
 
 
 def _split_points(a: int, b: int, k: int) -> list[int]:
     w = b - a
     k = min(w - 1, k)
     return [a + (i * w) // (k + 1) for i in range(1, k + 1)]
+
+
+def _deferred(stats: dict[int, SizeStat], order: list[int], i: int, coarse: set[int]) -> bool:
+    """Whether the gaps next to ``order[i]`` wait for its confirmation before being refined.
+
+    That is a size of the coarse pass that failed its one-request first probe and whose
+    probed neighbours both pass (the signature of a lost packet), or whose gap to a passing
+    neighbour is too wide for one refine batch: refining it now would spend probes on what is
+    most likely a lost packet. Sizes first probed while refining never wait, so a k-ary search
+    does not pay a round per step.
+    """
+    size = order[i]
+    s = stats[size]
+    if s.passed or s.probes >= CONFIRM_PROBES or size not in coarse:
+        return False
+    nbrs = [order[j] for j in (i - 1, i + 1) if 0 <= j < len(order)]
+    passing = [n for n in nbrs if stats[n].passed]
+    if len(passing) == len(nbrs):
+        return True
+    return any(abs(n - size) - 1 > REFINE_BATCH for n in passing)
 
 
 def run_sweep(
@@ -205,39 +252,46 @@ def run_sweep(
         todo = sorted(sizes)
         if not todo:
             return
-        results = prober.probe(todo, count=opts.count)
+        # A size's first probe is one request; a re-probe (confirmation) is opts.count.
+        confirming = [s in stats for s in todo]
+        counts = [opts.count if c else FIRST_COUNT for c in confirming]
+        uniform = counts[0] if len(set(counts)) == 1 else counts
+        if adaptive:
+            # A batch of first probes only waits the short timeout: a reply it misses costs a
+            # confirmation, never a verdict. Any confirmation in the batch gets the full one.
+            timeout = (
+                derive_timeout(samples)
+                if any(confirming)
+                else derive_timeout(samples, FIRST_TIMEOUT_FLOOR_S, FIRST_RTT_FACTOR)
+            )
+            if timeout is not None:
+                prober.timeout_s = timeout  # type: ignore[attr-defined]
+        results = prober.probe(todo, count=uniform)
         rounds += 1
         samples.extend(results)
         for r in results:
             stats.setdefault(r.size, SizeStat(r.size)).add(r)
-        if adaptive:
-            derived = derive_timeout(samples)
-            if derived is not None:
-                prober.timeout_s = derived  # type: ignore[attr-defined]
 
     lo, hi = opts.lo, opts.hi
     probe({lo, min(max(56, lo), hi)})
+    coarse = set(stats) | set(coarse_grid(lo, hi, mtu))
     probe([s for s in coarse_grid(lo, hi, mtu) if s not in stats])
 
     exact = False
     while rounds < MAX_ROUNDS:
         order = sorted(stats)
-        edges = [(a, b) for a, b in pairwise(order) if stats[a].passed != stats[b].passed]
-        gaps = [(a, b) for a, b in edges if b - a > 1]
-        if gaps:
-            per_gap = max(1, REFINE_BATCH // len(gaps))
-            probe({p for a, b in gaps for p in _split_points(a, b, per_gap)})
-            continue
-        failing = [s for s in order if not stats[s].passed]
-        suspects = {s for edge in edges for s in edge} | set(failing[:1])
-        unconfirmed = {
-            s for s in suspects if not stats[s].passed and stats[s].probes < CONFIRM_PROBES
-        }
-        if unconfirmed:
-            probe(unconfirmed)
-            continue
-        exact = True
-        break
+        unconfirmed = {s for s in order if not stats[s].passed and stats[s].probes < CONFIRM_PROBES}
+        waiting = {order[i] for i in range(len(order)) if _deferred(stats, order, i, coarse)}
+        gaps = [
+            (a, b)
+            for a, b in pairwise(order)
+            if stats[a].passed != stats[b].passed and b - a > 1 and not {a, b} & waiting
+        ]
+        if not gaps and not unconfirmed:
+            exact = True
+            break
+        per_gap = max(1, REFINE_BATCH // len(gaps)) if gaps else 0
+        probe({p for a, b in gaps for p in _split_points(a, b, per_gap)} | unconfirmed)
 
     order = sorted(stats)
     transitions = [
@@ -276,7 +330,7 @@ def run_sweep(
         lo=lo,
         hi=hi,
         rounds=rounds,
-        timeout_s=getattr(prober, "timeout_s", None),
+        timeout_s=derive_timeout(samples) or getattr(prober, "timeout_s", None),
         exact=exact,
         stats=aggregate(samples),
     )
