@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 import time
 from dataclasses import dataclass
 
@@ -75,6 +76,9 @@ class GuestSession:
                 transport = client.get_transport()
                 if transport is not None:
                     transport.set_keepalive(15)
+                    if isinstance(transport.sock, socket.socket):
+                        # Else every command pays Nagle + delayed ACK: ~56 ms -> ~12 ms.
+                        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._client = client
                 return self
             except paramiko.BadHostKeyException as exc:
