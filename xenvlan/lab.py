@@ -16,8 +16,8 @@ from typing import Any
 
 import libvirt
 
+from xenvlan import fault, keys, vlan
 from xenvlan import hypervisor as hv
-from xenvlan import keys, vlan
 from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
 from xenvlan.hostnet import is_guest_tap, link_mtu
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
@@ -427,6 +427,7 @@ def _up(
                 raise HypervisorError(f"defining {gp.domain}: {hv.error_text(exc)}") from None
             add_reservation(net, gp.mac, gp.ip, gp.domain)
             plan.append((gp.guest, gp.mac, gp.ip, gp.console))
+    fault.point("after-define")
     with timer.phase("start"):
         for g, _mac, _ip, _console in plan:
             dom = hv.lookup_domain(conn, domain_name(spec.name, g.name))
@@ -435,6 +436,7 @@ def _up(
                 dom.create()
             except libvirt.libvirtError as exc:
                 raise HypervisorError(f"starting {dom.name()}: {hv.error_text(exc)}") from None
+    fault.point("after-start")
     progress("guests started; waiting for the readiness marker on their consoles")
     with timer.phase("boot"):
         wait_ready(
@@ -474,6 +476,7 @@ def _up(
     finally:
         for s in sessions.values():
             s.close()
+    fault.point("after-vlan")
     (ldir / "uri").write_text(choice.uri + "\n")
     status = collect_status(conn, choice, spec.name, ssh=False)
     for gi in status.guests:
@@ -567,9 +570,17 @@ def collect_status(
 
 
 def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> list[str]:
-    """Remove every object of `lab` (driven by libvirt metadata) and its run files."""
+    """Undo `lab`'s journaled host changes, remove its libvirt objects (by metadata) and files."""
+    from xenvlan.dom0.journal import revert_lab_changes
+
     removed: list[str] = []
     errors: list[str] = []
+    try:
+        for act in revert_lab_changes(lab):
+            removed.append(f"host change {act.kind} {act.key} ({act.result})")
+            progress(f"reverted {act.kind} {act.key} from the journal ({act.result})")
+    except XenvlanError as exc:
+        errors.append(str(exc))
     for dom, own in list(hv.owned_domains(conn, lab)):
         name = dom.name()
         try:

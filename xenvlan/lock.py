@@ -1,15 +1,29 @@
-"""One mutating command per lab at a time: an fcntl lock file under the run directory."""
+"""One mutating command per lab at a time: an fcntl lock file under the run directory.
+
+The lock file is removed on release when the lab has no run directory (a refused or rolled-back
+`up`, a `down`), so a command that changed nothing leaves nothing. Removing a lock file races with
+a process that opened it just before: every holder re-checks, after locking, that the path still
+names the inode it locked, and retries otherwise.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from xenvlan.errors import BusyError, SpecError
-from xenvlan.paths import ensure_private_dir, run_dir
+from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.spec import NAME_RE
+
+
+def _still_linked(fd: int, path: os.PathLike[str] | str) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -17,17 +31,29 @@ def lab_lock(lab: str) -> Iterator[None]:
     """Hold the lab's lock for the block, or raise BusyError at once if another holds it."""
     if not NAME_RE.match(lab):  # the name becomes a path: no "../", no "/"
         raise SpecError(f"lab name {lab[:40]!r} must match ^[a-z][a-z0-9-]{{0,30}}$")
+    root_existed = run_dir().exists()
     locks = ensure_private_dir(run_dir() / "locks")
     path = locks / f"{lab}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise BusyError(f"lab {lab} busy: {holder} holds {path}") from None
+        if _still_linked(fd, path):
+            break
+        os.close(fd)  # the previous holder removed it meanwhile: lock the new file
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield
     finally:
+        if not lab_dir(lab).exists():  # the lab is not up: leave no lock file behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+                locks.rmdir()  # only when empty
+                if not root_existed:
+                    run_dir().rmdir()
         os.close(fd)

@@ -1,9 +1,9 @@
 """`repro`: the whole experiment — lab, diagnosis, sweep, fix, sweep, revert, teardown, verdict.
 
 Every host change (scenario set-up and fix) goes through the namespace's journal and is reverted
-in a `finally`, so success, error, Ctrl-C and SIGTERM all leave the host as it was; after a
-kill -9, `xenvlan fix revert` (or the next `repro`, which refuses to start over a pending journal)
-finishes the job.
+in a `finally`, so success, error, Ctrl-C and SIGTERM all leave the host as it was. The entries
+carry the lab's name: after a kill -9, `xenvlan down` reverts them and removes the lab (the next
+`repro` refuses to start over a pending journal).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 import libvirt
 
-from xenvlan import dom0, hoststate, labsweep, scenario
+from xenvlan import dom0, fault, hoststate, labsweep, scenario
 from xenvlan import hypervisor as hv
 from xenvlan import lab as lab_mod
-from xenvlan.dom0.journal import HostJournal
+from xenvlan.dom0.journal import HostJournal, on_behalf_of
 from xenvlan.errors import HostChangeError, SpecError
 from xenvlan.ping import IP_ICMP_HEADER
 from xenvlan.scenario import HostChange
@@ -206,9 +206,13 @@ def run(spec: LabSpec, opts: ReproOptions, progress: Progress) -> ReproResult:
     opts.validate()
     existing = HostJournal.load(HostJournal.path_for())
     if existing is not None and existing.entries:
+        labs = ", ".join(sorted(existing.labs()))
         raise HostChangeError(
-            f"a journal of host changes is pending ({existing.path}): "
-            "`xenvlan fix status` / `xenvlan fix revert` first"
+            f"a journal of host changes is pending ({existing.path}"
+            + (f", left by lab {labs}" if labs else "")
+            + "): "
+            + ("`xenvlan down` or " if labs else "")
+            + "`xenvlan fix revert` first"
         )
     conn, choice = hv.open_connection(spec.connect)
     try:
@@ -226,7 +230,9 @@ def run(spec: LabSpec, opts: ReproOptions, progress: Progress) -> ReproResult:
                     st.detail = f"reusing running lab {spec.name}"
                 else:
                     lab_mod.up(spec, lab_mod.UpOptions(), progress)
-            _experiment(conn, choice, spec, opts, runner)
+            fault.point("after-up")
+            with on_behalf_of(spec.name):
+                _experiment(conn, choice, spec, opts, runner)
         finally:
             if not reused and not opts.keep:
                 with runner.step("down"):
@@ -279,6 +285,7 @@ def _fix_cycle(
     if opts.scenario == "legacy-vlan":
         with runner.step("emulate"), HostJournal.open() as journal:
             result.setup = scenario.emulate_legacy_vlan(journal, status.lab, ports)
+        fault.point("after-emulate")
     with runner.step("sweep-before") as st:
         result.before = _sweep(status, opts.sweep_options())
         st.detail = result.before.verdict.code
@@ -288,6 +295,7 @@ def _fix_cycle(
         result.fix_method = rep.method
         result.fix_changes = [c.to_json() for c in rep.changes]
         st.detail = "; ".join(f"{c.name} {c.before} -> {c.after}" for c in rep.changes)
+    fault.point("after-fix")
     with runner.step("sweep-after") as st:
         result.after = _sweep(status, opts.sweep_options())
         st.detail = result.after.verdict.code

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Protocol, runtime_checkable
 
+from xenvlan import fault
 from xenvlan.errors import SpecError
 from xenvlan.ping import DF_MODES, IP_ICMP_HEADER, MAX_PAYLOAD, Counts, PingResult
 from xenvlan.verdict import SizeStat, Transition, Verdict, aggregate, decide
@@ -276,6 +277,7 @@ def run_sweep(
     probe({lo, min(max(56, lo), hi)})
     coarse = set(stats) | set(coarse_grid(lo, hi, mtu))
     probe([s for s in coarse_grid(lo, hi, mtu) if s not in stats])
+    fault.point("mid-sweep")
 
     exact = False
     while rounds < MAX_ROUNDS:

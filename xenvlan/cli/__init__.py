@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 
 import typer
 
@@ -48,9 +50,16 @@ def _reexec_in_sandbox() -> None:
     os.execvp("ip", argv)
 
 
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C: every `finally` (rollback, revert, down) runs."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turn XenvlanError into one line + exit code."""
     _reexec_in_sandbox()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     _register()
     try:
         rc = app(standalone_mode=False)

@@ -22,12 +22,17 @@ def down(
     enter_sandbox()
     conn, _choice = hv.open_connection(connect)
     try:
-        present = lab.labs_present(conn)
+        from xenvlan.dom0.journal import pending_labs
+
+        # A lab killed after its domains went but before its host changes were reverted.
+        present = sorted(set(lab.labs_present(conn)) | pending_labs())
         if all_labs:
             names = present
         elif name is None and not present:
             out.print("nothing to do: no xenvlan lab is up")
             return
+        elif name is None and len(present) == 1:
+            names = present
         else:
             names = [lab.resolve_lab(conn, name)]
         for n in names:

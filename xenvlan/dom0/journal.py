@@ -5,6 +5,8 @@ A crash (even kill -9) between the two leaves a journal whose revert rewrites th
 is harmless when the change never happened. One journal per network namespace, keyed by the inode
 of /proc/self/ns/net; a journal from another namespace is refused. Recording a key twice keeps the
 first original, so a second `apply` never forgets what the host looked like before the first.
+Entries recorded inside `on_behalf_of(lab)` carry the lab's name, so `xenvlan down` can finish
+the job of a killed `repro` (`revert_lab`) without touching a manual `fix apply`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,9 +42,11 @@ class JournalEntry:
     key: str
     original: Any
     note: str = ""
+    lab: str = ""  # the lab on whose behalf it was recorded ("" for a manual `fix apply`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.key, "original": self.original, "note": self.note}
+        doc = {"kind": self.kind, "key": self.key, "original": self.original, "note": self.note}
+        return doc | ({"lab": self.lab} if self.lab else {})
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,19 @@ class RevertAction:
 
 
 Reverter = Callable[[JournalEntry], str]
+_ON_BEHALF_OF: ContextVar[str] = ContextVar("xenvlan_journal_lab", default="")
+
+
+@contextlib.contextmanager
+def on_behalf_of(lab: str) -> Iterator[None]:
+    """Tag every entry recorded in this block with `lab` (see `HostJournal.revert_lab`)."""
+    token = _ON_BEHALF_OF.set(lab)
+    try:
+        yield
+    finally:
+        _ON_BEHALF_OF.reset(token)
+
+
 _REVERTERS: dict[str, Reverter] = {}
 
 
@@ -128,7 +146,9 @@ class HostJournal:
                 raise ValueError(f"unsupported version {data.get('version')!r}")
             netns = NetnsIdentity.from_json(data["netns"])
             entries = [
-                JournalEntry(e["kind"], e["key"], e.get("original"), e.get("note", ""))
+                JournalEntry(
+                    e["kind"], e["key"], e.get("original"), e.get("note", ""), e.get("lab", "")
+                )
                 for e in data["entries"]
             ]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -197,7 +217,7 @@ class HostJournal:
             raise HostChangeError(f"no reverter registered for journal kind {kind!r}")
         if self.find(kind, key) is not None:
             return False
-        self.entries.append(JournalEntry(kind, key, original, note))
+        self.entries.append(JournalEntry(kind, key, original, note, _ON_BEHALF_OF.get()))
         try:
             self._save()
         except OSError as exc:
@@ -252,6 +272,18 @@ class HostJournal:
         """Restore every original (newest first); removes the journal when done. Idempotent."""
         return self.rollback_to(0)
 
+    def labs(self) -> set[str]:
+        """Labs with pending entries."""
+        return {e.lab for e in self.entries if e.lab}
+
+    def revert_lab(self, lab: str) -> list[RevertAction]:
+        """Revert (newest first) and forget only the entries recorded on behalf of `lab`."""
+        actions: list[RevertAction] = []
+        for i in reversed(range(len(self.entries))):
+            if self.entries[i].lab == lab:
+                actions.extend(self._revert_at(i))
+        return actions
+
     def rollback_to(self, count: int) -> list[RevertAction]:
         """Revert and forget the entries recorded after the first `count` (a failed apply)."""
         actions: list[RevertAction] = []
@@ -260,12 +292,15 @@ class HostJournal:
         return actions
 
     def _revert_last(self) -> list[RevertAction]:
-        entry = self.entries[-1]
+        return self._revert_at(len(self.entries) - 1)
+
+    def _revert_at(self, index: int) -> list[RevertAction]:
+        entry = self.entries[index]
         reverter = _REVERTERS.get(entry.kind)
         if reverter is None:
             raise HostChangeError(f"journal {self.path}: unknown kind {entry.kind!r}")
         result = reverter(entry)
-        self.entries.pop()
+        self.entries.pop(index)
         try:
             self._save()
         except OSError as exc:
@@ -303,6 +338,20 @@ def check_same_netns(journal: HostJournal, here: NetnsIdentity | None = None) ->
             f"journal {journal.path} was written in a network namespace that no longer exists "
             f"(netns cookie {theirs.cookie}, now {here.cookie}); check and remove it by hand"
         )
+
+
+def pending_labs(journal_dir: Path | None = None) -> set[str]:
+    """Labs with entries pending in this namespace's journal (no lock taken)."""
+    loaded = HostJournal.load(HostJournal.path_for(journal_dir))
+    return loaded.labs() if loaded is not None else set()
+
+
+def revert_lab_changes(lab: str, journal_dir: Path | None = None) -> list[RevertAction]:
+    """Revert what was journaled on behalf of `lab` in this namespace (after a crash)."""
+    if lab not in pending_labs(journal_dir):
+        return []
+    with HostJournal.open(journal_dir) as journal:
+        return journal.revert_lab(lab)
 
 
 @contextlib.contextmanager
