@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from xenvlan import spec as spec_mod
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Wide enough for the tables when piped to a file or a log (rich would assume 80 columns).
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "132"))
+out = Console(highlight=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _WIDTH)
 
 
 def progress(msg: str) -> None:
     """A progress line on stderr (stdout stays clean for --json)."""
-    err.print(f"[dim]»[/dim] {msg}")
+    err.print(f"[dim]»[/dim] {escape(msg)}")
 
 
 def load_lab(path: Path | None) -> spec_mod.LabSpec:

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from rich.markup import escape as esc
 from rich.table import Table
 
 from xenvlan import repro
@@ -43,23 +44,26 @@ def render(result: repro.ReproResult) -> None:
                 t.add_row(name, *_cells(r.to_json()))
     out.print(t)
     for c in result.setup:
-        out.print(f"  setup: {c.what}: {c.before} -> {c.after}  [dim]({c.why})[/]")
+        change = f"{c.before} -> {c.after}" if c.before != c.after else f"already {c.after}"
+        out.print(f"  setup: {esc(c.what)}: {esc(change)}  [dim]({esc(c.why)})[/]")
     for fc in result.fix_changes:
-        out.print(f"  fix: {fc['name']}: {fc['before']} -> {fc['after']}")
+        out.print(f"  fix: {esc(fc['name'])}: {fc['before']} -> {fc['after']}")
     for a in result.reverted:
-        out.print(f"  reverted: {a['kind']} {a['key']} <- {a['original']} ({a['result']})")
+        out.print(
+            f"  reverted: {a['kind']} {esc(a['key'])} <- {esc(str(a['original']))} ({a['result']})"
+        )
     out.print(
         "  host restored: "
         + (
             "[green]yes, identical snapshot[/]"
             if result.restored
-            else "[red]NO[/] " + "; ".join(result.restore_diff)
+            else "[red]NO[/] " + esc("; ".join(result.restore_diff))
         )
     )
     out.print("  steps: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in result.steps))
     code = result.verdict.get("code", "?")
     style = "green" if code in ("cliff-removed", "brnf-refragments") else "yellow"
-    out.print(f"[bold {style}]{code}[/]: {result.verdict.get('text', '')}")
+    out.print(f"[bold {style}]{esc(code)}[/]: {esc(result.verdict.get('text', ''))}")
 
 
 def _cells(sweep: dict) -> list[str]:  # type: ignore[type-arg]
