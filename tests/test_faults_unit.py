@@ -199,3 +199,33 @@ def test_still_linked_detects_a_replaced_file(dirs: Path) -> None:
         assert not _still_linked(fd, path)
     finally:
         os.close(fd)
+
+
+HOLD = (
+    "import sys\nfrom xenvlan.lock import lab_lock\n"
+    "with lab_lock('seed'):\n    print('held', flush=True)\n    sys.stdin.readline()\n"
+)
+
+
+@pytest.mark.parametrize("verb", ["apply", "revert"])
+def test_fix_refused_while_a_lab_command_runs(dirs: Path, verb: str) -> None:
+    env = {**os.environ, "XENVLAN_NO_SANDBOX": "1"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        res = subprocess.run(
+            [sys.executable, "-m", "xenvlan", "fix", verb, "--proc-root", str(dirs / "proc")]
+            if verb == "apply"
+            else [sys.executable, "-m", "xenvlan", "fix", verb],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == BusyError.exit_code == 6, res.stderr
+        assert res.stderr.splitlines() == [res.stderr.strip()]
+        assert "lab seed busy" in res.stderr and "Traceback" not in res.stderr
+        assert not (dirs / "state").exists(), "a refused fix must not create a journal"
+    finally:
+        holder.kill()
+        holder.wait()

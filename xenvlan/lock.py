@@ -57,3 +57,30 @@ def lab_lock(lab: str) -> Iterator[None]:
                 if not root_existed:
                     run_dir().rmdir()
         os.close(fd)
+
+
+def busy_labs() -> list[str]:
+    """Labs whose lock another command holds right now (a non-blocking try on each lock file)."""
+    locks = run_dir() / "locks"
+    busy: list[str] = []
+    for path in sorted(locks.glob("*.lock")) if locks.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy.append(path.stem)
+        finally:
+            os.close(fd)
+    return busy
+
+
+def refuse_while_busy(command: str) -> None:
+    """BusyError when a lab command runs: its host changes and ours would interleave."""
+    if busy := busy_labs():
+        raise BusyError(
+            f"lab {', '.join(busy)} busy: a mutating command runs on it; "
+            f"`{command}` would interleave with its host changes, retry when it has finished"
+        )

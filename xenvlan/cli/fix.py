@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Record the originals in the journal, then set the method's knob(s) to 0."""
         from xenvlan.dom0.fix import FixPlan, fix_apply
+        from xenvlan.lock import refuse_while_busy
+
+        refuse_while_busy("xenvlan fix apply")
 
         out = Console(stderr=as_json)
 
@@ -74,6 +77,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Restore exactly the values and files recorded in this namespace's journal."""
         from xenvlan.dom0.fix import fix_revert
+        from xenvlan.lock import refuse_while_busy
+
+        refuse_while_busy("xenvlan fix revert")
 
         report = fix_revert()
         if as_json:
