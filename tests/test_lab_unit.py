@@ -403,6 +403,22 @@ def test_down_lab_removes_only_owned(conn: libvirt.virConnect, tmp_path: Path) -
     assert lab.down_lab(conn, name) == []
 
 
+def test_down_lab_keeps_a_foreign_reservation_with_our_mac(
+    conn: libvirt.virConnect, tmp_path: Path
+) -> None:
+    """Someone else reserved the MAC our guest would get (why `up` failed): down keeps theirs."""
+    name = f"m{_uid()}"
+    mac = lab.mac_for(name, "a", "test")
+    _define_domain(conn, lab.domain_name(name, "a"), _guest_owner(name, "a", mac, "192.0.2.9"))
+    default = conn.networkLookupByName("default")
+    lab.add_reservation(default, mac, "192.168.122.220", "somebody-elses-vm")
+    with_foreign = default.XMLDesc(0)
+    removed = lab.down_lab(conn, name)
+    assert f"domain {lab.domain_name(name, 'a')}" in removed
+    assert not any(r.startswith("reservation") for r in removed)
+    assert default.XMLDesc(0) == with_foreign
+
+
 # ----------------------------------------------------------------------------- readiness
 
 

@@ -220,14 +220,18 @@ def add_reservation(net: libvirt.virNetwork, mac: str, ip: str, name: str) -> No
         ) from None
 
 
-def remove_reservation(net: libvirt.virNetwork, mac: str) -> bool:
-    """Remove our reservation for `mac`, if present; True when one was removed."""
+def remove_reservation(net: libvirt.virNetwork, mac: str, name: str | None = None) -> bool:
+    """Remove our reservation for `mac` (named `name`, when given); True when one was removed.
+
+    `down` passes the domain name `up` gave the reservation, so a foreign reservation that
+    happens to carry the same MAC (the reason a failed `up` rolled back) survives.
+    """
     info = read_network(net)
     if mac.lower() not in info.reserved_macs:
         return False
     root = ET.fromstring(net.XMLDesc(0))
     for host in root.iter("host"):
-        if host.get("mac", "").lower() == mac.lower():
+        if host.get("mac", "").lower() == mac.lower() and name in (None, host.get("name")):
             try:
                 _update_dhcp_host(
                     net,
@@ -587,7 +591,7 @@ def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> 
             net_name = own.get("network")
             mac = own.get("mac")
             net = hv.lookup_network(conn, net_name) if net_name and mac else None
-            if net is not None and remove_reservation(net, mac):
+            if net is not None and remove_reservation(net, mac, name):
                 removed.append(f"reservation {mac} on {net_name}")
             hv.remove_domain(dom)
             removed.append(f"domain {name}")
