@@ -2,52 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 
+def _link_attrs(ifname: str, *attrs: str) -> dict[str, Any] | None:
+    """The named IFLA_* attributes of one link, or None when it does not exist here."""
+    with IPRoute() as ipr:
+        try:
+            links = ipr.link("get", ifname=ifname)
+        except NetlinkError:
+            return None
+        if not links:
+            return None
+        return {a: links[0].get_attr(a) for a in attrs}
+
+
 def link_mtu(ifname: str) -> int | None:
     """The MTU of a host link, or None when it does not exist here."""
-    with IPRoute() as ipr:
-        try:
-            links = ipr.link("get", ifname=ifname)
-        except NetlinkError:
-            return None
-        for link in links:
-            mtu = link.get("IFLA_MTU") if hasattr(link, "get") else None
-            if mtu is None:
-                mtu = link.get_attr("IFLA_MTU")
-            return int(mtu) if mtu is not None else None
-    return None
-
-
-def link_master(ifname: str) -> str | None:
-    """The bridge a host link is enslaved to, or None."""
-    with IPRoute() as ipr:
-        try:
-            links = ipr.link("get", ifname=ifname)
-        except NetlinkError:
-            return None
-        for link in links:
-            idx = link.get_attr("IFLA_MASTER")
-            if idx is None:
-                return None
-            masters = ipr.link("get", index=idx)
-            return str(masters[0].get_attr("IFLA_IFNAME")) if masters else None
-    return None
+    attrs = _link_attrs(ifname, "IFLA_MTU")
+    return int(attrs["IFLA_MTU"]) if attrs and attrs["IFLA_MTU"] is not None else None
 
 
 def link_address(ifname: str) -> str | None:
     """The MAC address of a host link, or None when it does not exist here."""
-    with IPRoute() as ipr:
-        try:
-            links = ipr.link("get", ifname=ifname)
-        except NetlinkError:
-            return None
-        for link in links:
-            addr = link.get_attr("IFLA_ADDRESS")
-            return str(addr).lower() if addr else None
-    return None
+    attrs = _link_attrs(ifname, "IFLA_ADDRESS")
+    return str(attrs["IFLA_ADDRESS"]).lower() if attrs and attrs["IFLA_ADDRESS"] else None
 
 
 def is_guest_tap(ifname: str, guest_mac: str) -> bool:

@@ -333,7 +333,7 @@ def _current(kind: str, key: str) -> Any:
     if kind == "file":
         return Path(key).exists()
     if kind == "link_mtu":
-        from xenvlan.dom0.journal import link_mtu
+        from xenvlan.hostnet import link_mtu
 
         return link_mtu(key)
     return None

@@ -29,6 +29,7 @@ from xenvlan import paths
 from xenvlan.dom0.netns import NetnsIdentity, current_netns
 from xenvlan.dom0.sysctl import read_value, write_value
 from xenvlan.errors import BusyError, HostChangeError
+from xenvlan.hostnet import link_mtu
 
 FORMAT_VERSION = 1
 CRASH_ENV = "XENVLAN_DOM0_CRASH_AT"  # test hook: "after-journal" -> SIGKILL self right there
@@ -376,18 +377,6 @@ def _revert_sysctl(entry: JournalEntry) -> str:
         return "unchanged"
     write_value(path, str(entry.original))
     return "restored"
-
-
-def link_mtu(ifname: str) -> int | None:
-    """The MTU of `ifname` in this namespace, None when there is no such link."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            return None
-        mtu = ipr.get_links(idx[0])[0].get("IFLA_MTU")
-    return int(mtu)
 
 
 def _revert_link_mtu(entry: JournalEntry) -> str:
