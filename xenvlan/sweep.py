@@ -71,6 +71,7 @@ DENSE_STEP = 8
 MTU_BAND = 40
 REFINE_BATCH = 24
 CONFIRM_PROBES = 2
+MAX_COUNT = 100  # probes per size: more only makes a sweep take hours
 FIRST_COUNT = 1
 TIMEOUT_FLOOR_S = 0.2
 RTT_FACTOR = 4.0
@@ -111,8 +112,10 @@ class SweepOptions:
                 f"--from/--to must satisfy 0 <= from <= to <= {MAX_PAYLOAD}, "
                 f"got {self.lo}..{self.hi}"
             )
-        if self.count < 1:
-            raise SpecError(f"--count must be at least 1, got {self.count}")
+        if not 1 <= self.count <= MAX_COUNT:
+            raise SpecError(f"--count must be in 1..{MAX_COUNT}, got {self.count}")
+        if self.path not in ("vlan", "mgmt"):
+            raise SpecError(f"--path must be one of vlan, mgmt, got {self.path[:40]!r}")
         if self.df is not None and self.df not in DF_MODES:
             raise SpecError(f"--df must be one of {', '.join(DF_MODES)}, got {self.df!r}")
 

@@ -11,6 +11,7 @@ from xenvlan import lab
 from xenvlan.cli.common import enter_sandbox, out, progress
 from xenvlan.lock import lab_lock
 from xenvlan.paths import run_dir
+from xenvlan.spec import check_lab_name
 
 
 def down(
@@ -19,6 +20,8 @@ def down(
     connect: Annotated[str | None, typer.Option(help="libvirt URI; default: auto.")] = None,
 ) -> None:
     """Destroy and undefine the lab's guests, reservations, networks and run files."""
+    if name is not None:
+        check_lab_name(name)  # before any connection or path
     enter_sandbox()
     conn, _choice = hv.open_connection(connect)
     try:

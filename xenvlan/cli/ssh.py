@@ -12,6 +12,7 @@ from xenvlan import hypervisor as hv
 from xenvlan import lab
 from xenvlan.cli.common import enter_sandbox
 from xenvlan.errors import SpecError
+from xenvlan.spec import check_lab_name
 
 
 def ssh(
@@ -26,6 +27,8 @@ def ssh(
     """Run a command in a guest; its output and exit status become ours."""
     if not command:
         raise SpecError("give a command: xenvlan ssh a -- ping -c 3 11.11.4.30")
+    if name is not None:
+        check_lab_name(name)  # before any connection
     enter_sandbox()
     conn, choice = hv.open_connection(connect)
     try:

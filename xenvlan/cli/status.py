@@ -10,6 +10,7 @@ from rich.table import Table
 from xenvlan import hypervisor as hv
 from xenvlan import lab
 from xenvlan.cli.common import enter_sandbox, out, print_json
+from xenvlan.spec import check_lab_name
 
 
 def render_status(status: lab.LabStatus) -> None:
@@ -54,6 +55,8 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Show the lab's guests, their addresses, VLAN interfaces and host ports."""
+    if name is not None:
+        check_lab_name(name)  # before any connection
     enter_sandbox()
     conn, choice = hv.open_connection(connect)
     try:

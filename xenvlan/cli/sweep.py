@@ -11,6 +11,7 @@ from xenvlan import labsweep
 from xenvlan.cli.common import enter_sandbox, out, print_json
 from xenvlan.ping import MAX_PAYLOAD
 from xenvlan.report_sweep import render_sweep
+from xenvlan.spec import check_lab_name
 from xenvlan.sweep import SweepOptions
 
 
@@ -29,6 +30,8 @@ def sweep(
     """Ping guest to guest over a size range and report every pass/fail transition exactly."""
     opts = SweepOptions(lo=lo, hi=hi, count=count, df=df, path=path)
     opts.validate()
+    if name is not None:
+        check_lab_name(name)  # before any connection
     enter_sandbox()
     conn, choice = hv.open_connection(connect)
     try:
