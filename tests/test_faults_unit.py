@@ -229,3 +229,19 @@ def test_fix_refused_while_a_lab_command_runs(dirs: Path, verb: str) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_private_dirs_made_with_their_parents_are_all_0700(tmp_path: Path) -> None:
+    from xenvlan.paths import ensure_private_dir
+
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        leaf = ensure_private_dir(existing / "run" / "labs" / "seed")
+    finally:
+        os.umask(old)
+    for d in (leaf, leaf.parent, leaf.parent.parent):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    assert existing.stat().st_mode & 0o777 == 0o755, "an existing parent is not ours to chmod"

@@ -41,7 +41,18 @@ def lab_dir(lab: str) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and force mode 0700 on it."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Create `path` and force mode 0700 on it; parents it has to create are 0700 too.
+
+    Parents that already exist (/run, /tmp, ...) are left as they are.
+    """
+    missing = []
+    p = path.parent
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        d.chmod(0o700)  # mkdir's mode is filtered by the umask
+    path.mkdir(exist_ok=True)
     path.chmod(0o700)
     return path
