@@ -158,8 +158,11 @@ def _fake_tools(tmp: Path) -> tuple[Path, Path]:
 
 
 def _run_sh(command: str, path: Path) -> None:
+    """Run as a guest would (sh -c), in a scratch cwd: a break-out can only litter the tmp dir."""
     env = {"PATH": f"{path}:/usr/bin:/bin"}
-    subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=10, check=False)
+    subprocess.run(
+        ["sh", "-c", command], env=env, cwd=path, capture_output=True, timeout=10, check=False
+    )
 
 
 def _logged(log: Path) -> list[list[str]]:
