@@ -32,9 +32,7 @@ def snapshot(journal_dir: Path | None = None) -> dict[str, Any]:
     """Bridge sysctls, per-bridge knobs, firewall rules, link MTUs and pending journals."""
     from xenvlan.dom0.journal import default_journal_dir
 
-    sysctls = {
-        p.name: _read(p) for p in sorted(Path("/proc/sys/net/bridge").glob("bridge-nf-*"))
-    }
+    sysctls = {p.name: _read(p) for p in sorted(Path("/proc/sys/net/bridge").glob("bridge-nf-*"))}
     bridges: dict[str, dict[str, str | None]] = {}
     for br in sorted(Path("/sys/class/net").glob("*/bridge")):
         bridges[br.parent.name] = {k.name: _read(k) for k in sorted(br.glob("nf_call_*"))}
