@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from xenvlan import hypervisor as hv
-from xenvlan import lab
+from xenvlan import lab, network
 from xenvlan.errors import GuestError, HypervisorError, SpecError
 from xenvlan.spec import LabSpec, from_dict
 from xenvlan.xml import Ownership, metadata_element, read_ownership
@@ -110,7 +110,7 @@ def _guest_owner(lab_name: str, guest: str, mac: str, ip: str) -> Ownership:
 
 
 def test_domain_name() -> None:
-    assert lab.domain_name("seed", "a") == "xenvlan-seed-a"
+    assert network.domain_name("seed", "a") == "xenvlan-seed-a"
 
 
 @pytest.mark.parametrize(
@@ -118,17 +118,17 @@ def test_domain_name() -> None:
     [("xen", "00:16:3e:"), ("kvm", "52:54:00:"), ("qemu", "52:54:00:"), ("test", "52:54:00:")],
 )
 def test_mac_prefix(dtype: str, prefix: str) -> None:
-    mac = lab.mac_for("seed", "a", dtype)
+    mac = network.mac_for("seed", "a", dtype)
     assert mac.startswith(prefix)
     assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", mac)
 
 
 def test_mac_is_stable_and_distinct() -> None:
-    assert lab.mac_for("seed", "a", "qemu") == lab.mac_for("seed", "a", "qemu")
-    macs = {lab.mac_for(lab_name, g, "qemu") for lab_name in ("seed", "x", "y") for g in "ab"}
+    assert network.mac_for("seed", "a", "qemu") == network.mac_for("seed", "a", "qemu")
+    macs = {network.mac_for(lab_name, g, "qemu") for lab_name in ("seed", "x", "y") for g in "ab"}
     assert len(macs) == 6
     # Same 3 hashed bytes whatever the hypervisor: only the OUI changes.
-    assert lab.mac_for("seed", "a", "xen")[9:] == lab.mac_for("seed", "a", "kvm")[9:]
+    assert network.mac_for("seed", "a", "xen")[9:] == network.mac_for("seed", "a", "kvm")[9:]
 
 
 def test_mac_known_value() -> None:
@@ -136,14 +136,14 @@ def test_mac_known_value() -> None:
     import hashlib
 
     h = hashlib.sha256(b"seed/a").digest()[:3].hex(":")
-    assert lab.mac_for("seed", "a", "qemu") == f"52:54:00:{h}"
+    assert network.mac_for("seed", "a", "qemu") == f"52:54:00:{h}"
 
 
 # ----------------------------------------------------------------------------- network
 
 
 def test_read_default_network(conn: libvirt.virConnect) -> None:
-    info = lab.read_network(conn.networkLookupByName("default"))
+    info = network.read_network(conn.networkLookupByName("default"))
     assert info.name == "default"
     assert info.bridge == "virbr0"
     assert info.address == ipaddress.IPv4Interface("192.168.122.1/24")
@@ -163,7 +163,7 @@ def test_read_owned_network_with_prefix_and_reservations(conn: libvirt.virConnec
         "<host mac='52:54:00:AA:BB:CC' name='x' ip='10.77.0.103'/></dhcp></ip>"
     )
     net = _define_network(conn, name, Ownership("lab7", "network"), ip=ip)
-    info = lab.read_network(net)
+    info = network.read_network(net)
     assert info.address == ipaddress.IPv4Interface("10.77.0.1/24")
     assert info.reserved_ips == {"10.77.0.103"}
     assert info.reserved_macs == {"52:54:00:aa:bb:cc"}
@@ -175,10 +175,10 @@ def test_read_network_without_ipv4(conn: libvirt.virConnect) -> None:
         conn, f"v6-{_uid()}", None, ip="<ip family='ipv6' address='fd00::1' prefix='64'/>"
     )
     with pytest.raises(HypervisorError, match="no IPv4 address"):
-        lab.read_network(net)
+        network.read_network(net)
 
 
-def _info(**over: object) -> lab.NetInfo:
+def _info(**over: object) -> network.NetInfo:
     values: dict[str, object] = {
         "name": "n",
         "bridge": "br0",
@@ -189,16 +189,16 @@ def _info(**over: object) -> lab.NetInfo:
         "owned_by": None,
     }
     values.update(over)
-    return lab.NetInfo(**values)  # type: ignore[arg-type]
+    return network.NetInfo(**values)  # type: ignore[arg-type]
 
 
 def test_pick_addresses_from_the_top() -> None:
-    assert lab.pick_addresses(_info(), set(), 2) == ["10.0.0.254", "10.0.0.253"]
+    assert network.pick_addresses(_info(), set(), 2) == ["10.0.0.254", "10.0.0.253"]
 
 
 def test_pick_addresses_avoids_reservations_and_leases() -> None:
     info = _info(reserved_ips=frozenset({"10.0.0.254", "10.0.0.252"}))
-    assert lab.pick_addresses(info, {"10.0.0.253"}, 2) == ["10.0.0.251", "10.0.0.250"]
+    assert network.pick_addresses(info, {"10.0.0.253"}, 2) == ["10.0.0.251", "10.0.0.250"]
 
 
 def test_pick_addresses_avoids_bridge_ip() -> None:
@@ -206,12 +206,12 @@ def test_pick_addresses_avoids_bridge_ip() -> None:
         address=ipaddress.IPv4Interface("10.0.0.5/24"),
         range=(ipaddress.IPv4Address("10.0.0.4"), ipaddress.IPv4Address("10.0.0.6")),
     )
-    assert lab.pick_addresses(info, set(), 2) == ["10.0.0.6", "10.0.0.4"]
+    assert network.pick_addresses(info, set(), 2) == ["10.0.0.6", "10.0.0.4"]
 
 
 def test_pick_addresses_without_range_stays_inside_subnet() -> None:
     info = _info(address=ipaddress.IPv4Interface("10.0.0.1/29"), range=None)
-    got = lab.pick_addresses(info, set(), 5)
+    got = network.pick_addresses(info, set(), 5)
     net = ipaddress.IPv4Network("10.0.0.0/29")
     assert all(ipaddress.IPv4Address(a) in net for a in got)
     assert str(net.network_address) not in got and str(net.broadcast_address) not in got
@@ -222,40 +222,40 @@ def test_pick_addresses_without_range_stays_inside_subnet() -> None:
 def test_pick_addresses_full_network_fails_cleanly() -> None:
     info = _info(range=(ipaddress.IPv4Address("10.0.0.2"), ipaddress.IPv4Address("10.0.0.4")))
     with pytest.raises(HypervisorError, match="no free addresses for 2 guests"):
-        lab.pick_addresses(info, {"10.0.0.2", "10.0.0.3"}, 2)
+        network.pick_addresses(info, {"10.0.0.2", "10.0.0.3"}, 2)
 
 
 def test_reservation_round_trip(conn: libvirt.virConnect) -> None:
     net = conn.networkLookupByName("default")
     before = net.XMLDesc(0)
-    mac = lab.mac_for(f"r{_uid()}", "a", "qemu")
-    lab.add_reservation(net, mac, "192.168.122.250", "xenvlan-r-a")
-    info = lab.read_network(net)
+    mac = network.mac_for(f"r{_uid()}", "a", "qemu")
+    network.add_reservation(net, mac, "192.168.122.250", "xenvlan-r-a")
+    info = network.read_network(net)
     assert "192.168.122.250" in info.reserved_ips
     assert mac in info.reserved_macs
-    assert lab.pick_addresses(info, set(), 1) == ["192.168.122.254"]
-    assert lab.remove_reservation(net, mac.upper()) is True
+    assert network.pick_addresses(info, set(), 1) == ["192.168.122.254"]
+    assert network.remove_reservation(net, mac.upper()) is True
     assert net.XMLDesc(0) == before
-    assert lab.remove_reservation(net, mac) is False  # idempotent
+    assert network.remove_reservation(net, mac) is False  # idempotent
 
 
 def test_reservation_duplicate_mac_is_a_clean_error(conn: libvirt.virConnect) -> None:
     net = conn.networkLookupByName("default")
-    mac = lab.mac_for(f"d{_uid()}", "a", "qemu")
-    lab.add_reservation(net, mac, "192.168.122.240", "x")
+    mac = network.mac_for(f"d{_uid()}", "a", "qemu")
+    network.add_reservation(net, mac, "192.168.122.240", "x")
     with pytest.raises(HypervisorError) as info:
-        lab.add_reservation(net, mac, "192.168.122.241", "y")
+        network.add_reservation(net, mac, "192.168.122.241", "y")
     assert len(str(info.value).splitlines()) == 1
     assert mac in str(info.value)
 
 
 def test_remove_reservation_leaves_foreign_ones(conn: libvirt.virConnect) -> None:
     net = conn.networkLookupByName("default")
-    lab.add_reservation(net, "52:54:00:0f:0f:0f", "192.168.122.230", "someone-else")
-    mine = lab.mac_for(f"f{_uid()}", "a", "qemu")
-    lab.add_reservation(net, mine, "192.168.122.231", "xenvlan-f-a")
-    assert lab.remove_reservation(net, mine)
-    info = lab.read_network(net)
+    network.add_reservation(net, "52:54:00:0f:0f:0f", "192.168.122.230", "someone-else")
+    mine = network.mac_for(f"f{_uid()}", "a", "qemu")
+    network.add_reservation(net, mine, "192.168.122.231", "xenvlan-f-a")
+    assert network.remove_reservation(net, mine)
+    info = network.read_network(net)
     assert info.reserved_macs == {"52:54:00:0f:0f:0f"}
 
 
@@ -269,7 +269,7 @@ def test_labs_present_and_resolve(conn: libvirt.virConnect) -> None:
         pytest.skip("another xenvlan lab exists on test:///default in this process")
     with pytest.raises(SpecError, match="no xenvlan lab is up"):
         lab.resolve_lab(conn, None)
-    _define_domain(conn, lab.domain_name(l1, "a"), _guest_owner(l1, "a", "m", "i"))
+    _define_domain(conn, network.domain_name(l1, "a"), _guest_owner(l1, "a", "m", "i"))
     assert lab.labs_present(conn) == [l1]
     assert lab.resolve_lab(conn, None) == l1
     _define_network(conn, f"n-{l2}", Ownership(l2, "network"))
@@ -301,7 +301,7 @@ def test_down_lab_never_removes_outside_the_run_dir(
 
 def test_check_conflicts_refuses_foreign_domain(conn: libvirt.virConnect) -> None:
     spec = from_dict({"name": f"c{_uid()}"})
-    foreign = _define_domain(conn, lab.domain_name(spec.name, "a"), None)
+    foreign = _define_domain(conn, network.domain_name(spec.name, "a"), None)
     with pytest.raises(HypervisorError, match=r"not xenvlan lab .*refusing to touch it"):
         lab._check_conflicts(conn, spec)
     assert foreign.isActive()
@@ -309,21 +309,25 @@ def test_check_conflicts_refuses_foreign_domain(conn: libvirt.virConnect) -> Non
 
 def test_check_conflicts_refuses_other_labs_domain(conn: libvirt.virConnect) -> None:
     spec = from_dict({"name": f"c{_uid()}"})
-    _define_domain(conn, lab.domain_name(spec.name, "b"), _guest_owner("someone", "b", "m", "i"))
+    _define_domain(
+        conn, network.domain_name(spec.name, "b"), _guest_owner("someone", "b", "m", "i")
+    )
     with pytest.raises(HypervisorError, match="refusing to touch it"):
         lab._check_conflicts(conn, spec)
 
 
 def test_check_conflicts_says_already_up(conn: libvirt.virConnect) -> None:
     spec = from_dict({"name": f"c{_uid()}"})
-    _define_domain(conn, lab.domain_name(spec.name, "a"), _guest_owner(spec.name, "a", "m", "i"))
+    _define_domain(
+        conn, network.domain_name(spec.name, "a"), _guest_owner(spec.name, "a", "m", "i")
+    )
     with pytest.raises(HypervisorError, match="already up"):
         lab._check_conflicts(conn, spec)
 
 
 def test_up_refuses_foreign_domain_and_leaves_it(conn: libvirt.virConnect, tmp_path: Path) -> None:
     spec = from_dict({"name": f"u{_uid()}", "connect": TEST_URI})
-    foreign = _define_domain(conn, lab.domain_name(spec.name, "a"), None)
+    foreign = _define_domain(conn, network.domain_name(spec.name, "a"), None)
     xml_before = foreign.XMLDesc(0)
     with pytest.raises(HypervisorError, match="refusing to touch it"):
         lab.up(spec, lab.UpOptions())
@@ -339,10 +343,10 @@ def _make_lab(conn: libvirt.virConnect, name: str, tmp_path: Path) -> dict[str, 
     default = conn.networkLookupByName("default")
     macs = {}
     for i, g in enumerate("ab"):
-        mac = lab.mac_for(name, g, "test")
+        mac = network.mac_for(name, g, "test")
         ip = f"192.168.122.{200 + i}"
-        _define_domain(conn, lab.domain_name(name, g), _guest_owner(name, g, mac, ip))
-        lab.add_reservation(default, mac, ip, lab.domain_name(name, g))
+        _define_domain(conn, network.domain_name(name, g), _guest_owner(name, g, mac, ip))
+        network.add_reservation(default, mac, ip, network.domain_name(name, g))
         macs[g] = mac
     _define_network(conn, f"xv-{name}", Ownership(name, "network"))
     ldir = tmp_path / "run" / "labs" / name
@@ -353,12 +357,12 @@ def _make_lab(conn: libvirt.virConnect, name: str, tmp_path: Path) -> dict[str, 
 
 def _foreign(conn: libvirt.virConnect, name: str) -> tuple[str, str]:
     """Objects that look like the lab's but are not xenvlan's."""
-    dom = lab.domain_name(name, "c")
+    dom = network.domain_name(name, "c")
     _define_domain(conn, dom, None)
     net = f"xv-{name}-foreign"
     _define_network(conn, net, None)
     default = conn.networkLookupByName("default")
-    lab.add_reservation(default, "52:54:00:0f:0f:0e", "192.168.122.210", dom)
+    network.add_reservation(default, "52:54:00:0f:0f:0e", "192.168.122.210", dom)
     return dom, net
 
 
@@ -383,22 +387,22 @@ def test_down_lab_removes_only_owned(conn: libvirt.virConnect, tmp_path: Path) -
     macs = _make_lab(conn, name, tmp_path)
     foreign_dom, foreign_net = _foreign(conn, name)
     other = f"o{_uid()}"
-    _define_domain(conn, lab.domain_name(other, "a"), _guest_owner(other, "a", "m", "i"))
+    _define_domain(conn, network.domain_name(other, "a"), _guest_owner(other, "a", "m", "i"))
     foreign_xml = conn.lookupByName(foreign_dom).XMLDesc(0)
 
     removed = lab.down_lab(conn, name)
 
-    assert {f"domain {lab.domain_name(name, g)}" for g in "ab"} <= set(removed)
+    assert {f"domain {network.domain_name(name, g)}" for g in "ab"} <= set(removed)
     for g in "ab":
-        assert hv.lookup_domain(conn, lab.domain_name(name, g)) is None
+        assert hv.lookup_domain(conn, network.domain_name(name, g)) is None
     assert hv.lookup_network(conn, f"xv-{name}") is None
-    info = lab.read_network(conn.networkLookupByName("default"))
+    info = network.read_network(conn.networkLookupByName("default"))
     assert not {macs["a"], macs["b"]} & info.reserved_macs
     assert "52:54:00:0f:0f:0e" in info.reserved_macs  # foreign reservation stays
     assert conn.lookupByName(foreign_dom).XMLDesc(0) == foreign_xml
     assert conn.lookupByName(foreign_dom).isActive()
     assert hv.lookup_network(conn, foreign_net) is not None
-    assert hv.lookup_domain(conn, lab.domain_name(other, "a")) is not None
+    assert hv.lookup_domain(conn, network.domain_name(other, "a")) is not None
     assert not (tmp_path / "run" / "labs" / name).exists()
     assert lab.down_lab(conn, name) == []
 
@@ -408,13 +412,13 @@ def test_down_lab_keeps_a_foreign_reservation_with_our_mac(
 ) -> None:
     """Someone else reserved the MAC our guest would get (why `up` failed): down keeps theirs."""
     name = f"m{_uid()}"
-    mac = lab.mac_for(name, "a", "test")
-    _define_domain(conn, lab.domain_name(name, "a"), _guest_owner(name, "a", mac, "192.0.2.9"))
+    mac = network.mac_for(name, "a", "test")
+    _define_domain(conn, network.domain_name(name, "a"), _guest_owner(name, "a", mac, "192.0.2.9"))
     default = conn.networkLookupByName("default")
-    lab.add_reservation(default, mac, "192.168.122.220", "somebody-elses-vm")
+    network.add_reservation(default, mac, "192.168.122.220", "somebody-elses-vm")
     with_foreign = default.XMLDesc(0)
     removed = lab.down_lab(conn, name)
-    assert f"domain {lab.domain_name(name, 'a')}" in removed
+    assert f"domain {network.domain_name(name, 'a')}" in removed
     assert not any(r.startswith("reservation") for r in removed)
     assert default.XMLDesc(0) == with_foreign
 
@@ -423,7 +427,7 @@ def test_down_lab_keeps_a_foreign_reservation_with_our_mac(
 
 
 def test_wait_ready_sees_marker(conn: libvirt.virConnect, tmp_path: Path) -> None:
-    name = lab.domain_name(f"w{_uid()}", "a")
+    name = network.domain_name(f"w{_uid()}", "a")
     _define_domain(conn, name, None)
     console = tmp_path / "a.console"
     console.write_text(f"booting\r\n{lab.READY_MARK}\r\n")
@@ -432,7 +436,7 @@ def test_wait_ready_sees_marker(conn: libvirt.virConnect, tmp_path: Path) -> Non
 
 
 def test_wait_ready_fail_marker(conn: libvirt.virConnect, tmp_path: Path) -> None:
-    name = lab.domain_name(f"w{_uid()}", "a")
+    name = network.domain_name(f"w{_uid()}", "a")
     _define_domain(conn, name, None)
     console = tmp_path / "a.console"
     console.write_text(f"modprobe: 8021q not found\n{lab.FAIL_MARK}\n")
@@ -441,7 +445,7 @@ def test_wait_ready_fail_marker(conn: libvirt.virConnect, tmp_path: Path) -> Non
 
 
 def test_wait_ready_timeout_explains(conn: libvirt.virConnect, tmp_path: Path) -> None:
-    name = lab.domain_name(f"w{_uid()}", "a")
+    name = network.domain_name(f"w{_uid()}", "a")
     _define_domain(conn, name, None)
     console = tmp_path / "a.console"
     console.write_text("line one\nstuck in init\n")
@@ -456,7 +460,7 @@ def test_wait_ready_timeout_explains(conn: libvirt.virConnect, tmp_path: Path) -
 
 
 def test_wait_ready_stopped_guest(conn: libvirt.virConnect, tmp_path: Path) -> None:
-    name = lab.domain_name(f"w{_uid()}", "a")
+    name = network.domain_name(f"w{_uid()}", "a")
     _define_domain(conn, name, None, start=False)
     with pytest.raises(GuestError, match=r"stopped while booting \(state shutoff\)"):
         lab.wait_ready(conn, [("a", tmp_path / "none", name, "192.168.122.9")], 5.0, "default")
@@ -470,8 +474,8 @@ def test_collect_status_from_metadata(conn: libvirt.virConnect) -> None:
     for i, g in enumerate("ba"):
         _define_domain(
             conn,
-            lab.domain_name(name, g),
-            _guest_owner(name, g, lab.mac_for(name, g, "test"), f"192.168.122.{220 + i}"),
+            network.domain_name(name, g),
+            _guest_owner(name, g, network.mac_for(name, g, "test"), f"192.168.122.{220 + i}"),
         )
     choice = hv.Choice(TEST_URI, "test", "libvirt test driver")
     st = lab.collect_status(conn, choice, name, ssh=False)
@@ -480,7 +484,7 @@ def test_collect_status_from_metadata(conn: libvirt.virConnect) -> None:
     assert st.bridge == "virbr0"
     a = st.guest("a")
     assert a.state == "running"
-    assert a.mac == lab.mac_for(name, "a", "test")
+    assert a.mac == network.mac_for(name, "a", "test")
     assert a.mgmt_ip == "192.168.122.221"
     assert a.host_port
     data = st.to_json()
@@ -502,8 +506,8 @@ def test_collect_status_from_metadata(conn: libvirt.virConnect) -> None:
 def test_ownership_of_rendered_domain_is_what_down_needs(conn: libvirt.virConnect) -> None:
     # down_lab after a crash only has libvirt: the mark must carry network and mac.
     spec: LabSpec = from_dict({"name": f"m{_uid()}"})
-    own = _guest_owner(spec.name, "a", lab.mac_for(spec.name, "a", "test"), "192.168.122.2")
-    dom = _define_domain(conn, lab.domain_name(spec.name, "a"), own)
+    own = _guest_owner(spec.name, "a", network.mac_for(spec.name, "a", "test"), "192.168.122.2")
+    dom = _define_domain(conn, network.domain_name(spec.name, "a"), own)
     back = read_ownership(dom.XMLDesc(0))
     assert back is not None
     assert back.get("network") == "default"

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenvlan import hypervisor as hv
+from xenvlan import network
 from xenvlan.errors import ImageError, SpecError
-from xenvlan.lab import NetInfo, domain_name, mac_for
+from xenvlan.network import NetInfo, domain_name, mac_for
 from xenvlan.paths import lab_dir
 from xenvlan.spec import GuestSpec, LabSpec
 from xenvlan.xml import DomainXML, NetworkXML, Ownership
@@ -239,11 +240,11 @@ def dry_run(
             if net is None:
                 info, leased = planned_network(spec), set()
             else:
-                info, leased = lab.read_network(net), lab._leases(net)
+                info, leased = network.read_network(net), network.leases(net)
         finally:
             conn.close()
     progress(f"hypervisor {choice.uri}, domain type {choice.domain_type}: {choice.reason}")
-    ips = lab.pick_addresses(info, leased, len(spec.guests))
+    ips = network.pick_addresses(info, leased, len(spec.guests))
     k, bz = image_paths(kernel or spec.image.kernel, initrd or spec.image.initrd, progress)
     plan = plan_lab(
         spec, choice, kernel=k, bzimage=bz, ldir=lab_dir(spec.name), info=info, ips=ips,
