@@ -29,7 +29,7 @@ from xenvlan.network import (
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.session import GuestAddress, GuestSession
 from xenvlan.spec import GuestSpec, LabSpec, check_lab_name
-from xenvlan.xml import read_ownership
+from xenvlan.xml import Ownership, read_ownership
 
 READY_MARK = "XENVLAN-READY"
 FAIL_MARK = "XENVLAN-FAIL"
@@ -462,19 +462,24 @@ def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> 
             progress(f"reverted {act.kind} {act.key} from the journal ({act.result})")
     except XenvlanError as exc:
         errors.append(str(exc))
-    for dom, own in list(hv.owned_domains(conn, lab)):
-        name = dom.name()
-        try:
-            net_name = own.get("network")
-            mac = own.get("mac")
-            net = hv.lookup_network(conn, net_name) if net_name and mac else None
-            if net is not None and remove_reservation(net, mac, name):
-                removed.append(f"reservation {mac} on {net_name}")
-            hv.remove_domain(dom)
-            removed.append(f"domain {name}")
-            progress(f"removed domain {name}")
-        except XenvlanError as exc:
-            errors.append(str(exc))
+    def remove(dom: libvirt.virDomain, own: Ownership) -> list[str]:
+        name, net_name, mac = dom.name(), own.get("network"), own.get("mac")
+        done = []
+        net = hv.lookup_network(conn, net_name) if net_name and mac else None
+        if net is not None and remove_reservation(net, mac, name):
+            done.append(f"reservation {mac} on {net_name}")
+        hv.remove_domain(dom)  # destroy waits ~2 s for QEMU to exit: guests go in parallel
+        progress(f"removed domain {name}")
+        return [*done, f"domain {name}"]
+
+    doms = list(hv.owned_domains(conn, lab))
+    if doms:
+        with ThreadPoolExecutor(len(doms)) as pool:
+            for fut in [pool.submit(remove, dom, own) for dom, own in doms]:
+                try:
+                    removed += fut.result()
+                except XenvlanError as exc:
+                    errors.append(str(exc))
     for net, _own in list(hv.owned_networks(conn, lab)):
         name = net.name()
         try:
