@@ -15,6 +15,7 @@ import libvirt
 
 from xenvlan import fault, keys, vlan
 from xenvlan import hypervisor as hv
+from xenvlan.console import ConsoleTap
 from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
 from xenvlan.hostnet import is_guest_tap, link_mtu
 from xenvlan.network import (
@@ -309,23 +310,32 @@ def _up(
             add_reservation(net, gp.mac, gp.ip, gp.domain)
             plan.append((gp.guest, gp.mac, gp.ip, gp.console))
     fault.point("after-define")
-    with timer.phase("start"):
-        for g, _mac, _ip, _console in plan:
-            dom = hv.lookup_domain(conn, domain_name(spec.name, g.name))
-            assert dom is not None
-            try:
-                dom.create()
-            except libvirt.libvirtError as exc:
-                raise HypervisorError(f"starting {dom.name()}: {hv.error_text(exc)}") from None
-    fault.point("after-start")
-    progress("guests started; waiting for the readiness marker on their consoles")
-    with timer.phase("boot"):
-        wait_ready(
-            conn,
-            [(g.name, c, domain_name(spec.name, g.name), ip) for g, _m, ip, c in plan],
-            spec.timeouts.boot,
-            info.name,
-        )
+    taps: list[ConsoleTap] = []
+    try:
+        with timer.phase("start"):
+            for gp in lab_plan.guests:
+                dom = hv.lookup_domain(conn, gp.domain)
+                assert dom is not None
+                try:
+                    # A console read through libvirt is opened paused, so no byte is missed.
+                    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if gp.console_stream else 0)
+                    if gp.console_stream:
+                        taps.append(ConsoleTap(conn, gp.domain, gp.console).start_and_wait())
+                        dom.resume()
+                except libvirt.libvirtError as exc:
+                    raise HypervisorError(f"starting {gp.domain}: {hv.error_text(exc)}") from None
+        fault.point("after-start")
+        progress("guests started; waiting for the readiness marker on their consoles")
+        with timer.phase("boot"):
+            wait_ready(
+                conn,
+                [(g.name, c, domain_name(spec.name, g.name), ip) for g, _m, ip, c in plan],
+                spec.timeouts.boot,
+                info.name,
+            )
+    finally:
+        for tap in taps:
+            tap.stop()
     pkey = keys.load_pkey(client.path)
     sessions: dict[str, GuestSession] = {}
     try:
@@ -462,6 +472,7 @@ def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> 
             progress(f"reverted {act.kind} {act.key} from the journal ({act.result})")
     except XenvlanError as exc:
         errors.append(str(exc))
+
     def remove(dom: libvirt.virDomain, own: Ownership) -> list[str]:
         name, net_name, mac = dom.name(), own.get("network"), own.get("mac")
         done = []

@@ -10,6 +10,7 @@ where that console is logged (see `console_path`).
 from __future__ import annotations
 
 import ipaddress
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,6 @@ from xenvlan.paths import lab_dir
 from xenvlan.spec import GuestSpec, LabSpec
 from xenvlan.xml import DomainXML, NetworkXML, Ownership
 
-#: Where xenconsoled logs guest consoles when run with --log=guest (XENCONSOLED_TRACE=guest).
-XEN_CONSOLE_LOG_DIR = Path("/var/log/xen/console")
 SEPARATOR = "---"
 
 
@@ -38,6 +37,7 @@ class GuestPlan:
     ip: str
     console: Path  # the file the readiness marker appears in
     xml: str
+    console_stream: bool = False  # xenvlan copies the console from libvirt into `console`
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,20 @@ def console_device(choice: hv.Choice) -> str:
     return "hvc0" if choice.domain_type == "xen" and choice.xen_mode in ("pv", "pvh") else "ttyS0"
 
 
-def console_path(choice: hv.Choice, domain: str, ldir: Path, guest: str) -> Path:
-    """Where the guest console is logged, i.e. where the readiness marker will appear.
+def console_stream(choice: hv.Choice) -> bool:
+    """Whether the console is read through libvirt's console stream rather than a file.
 
-    QEMU/KVM and Xen HVM: a `<serial type='file'>` in the lab's run directory (libxl passes
-    `file:PATH` to qemu-xen). Xen PV/PVH have no serial: the libxl driver ignores `<serial>`
-    and `<log>` for them, so the marker is read from xenconsoled's own per-guest log.
+    QEMU/KVM and Xen HVM log a `<serial type='file'>` (libxl passes `file:PATH` to qemu-xen).
+    Xen PV/PVH have no serial and the libxl driver ignores `<log>` for their console, so xenvlan
+    reads it as `virsh console` does. XENVLAN_CONSOLE=stream forces that path on QEMU/KVM too
+    (a pty serial), which is how it is tested where Xen cannot run.
     """
-    if console_device(choice) == "hvc0":
-        return XEN_CONSOLE_LOG_DIR / f"guest-{domain}.log"
+    return console_device(choice) == "hvc0" or os.environ.get("XENVLAN_CONSOLE") == "stream"
+
+
+def console_path(choice: hv.Choice, domain: str, ldir: Path, guest: str) -> Path:
+    """Where the readiness marker will appear: always the lab's `<guest>.console` file."""
+    del choice, domain
     return ldir / f"{guest}.console"
 
 
@@ -127,6 +132,7 @@ def plan_lab(
         raise SpecError(f"{len(spec.guests)} guests but {len(ips)} addresses")
     xen = choice.domain_type == "xen"
     con = console_device(choice)
+    stream = console_stream(choice)
     guests: list[GuestPlan] = []
     for g, ip in zip(spec.guests, ips, strict=True):
         name = domain_name(spec.name, g.name)
@@ -164,13 +170,14 @@ def plan_lab(
             owner=owner,
             xen_mode=choice.xen_mode if xen else None,
             bridge=info.bridge if xen else "",
+            console_stream=stream and not xen,
         ).render()
-        guests.append(GuestPlan(g, name, mac, ip, console, xml))
+        guests.append(GuestPlan(g, name, mac, ip, console, xml, stream))
     notes: list[str] = []
-    if con == "hvc0":
+    if stream:
         notes.append(
-            f"Xen {choice.xen_mode}: readiness is read from xenconsoled's log "
-            f"{XEN_CONSOLE_LOG_DIR}/guest-<domain>.log (needs XENCONSOLED_TRACE=guest)"
+            "the guest consoles are read through libvirt's console stream (as `virsh console` "
+            "does) into the lab's run directory"
         )
     return LabPlan(network_xml(spec) if define_network else None, tuple(guests), tuple(notes))
 

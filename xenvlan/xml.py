@@ -109,6 +109,7 @@ class DomainXML:
     owner: Ownership
     xen_mode: str | None = None  # pv | pvh | hvm when domain_type is xen
     bridge: str = ""  # Xen: the host bridge the vif joins (no libvirt network in between)
+    console_stream: bool = False  # QEMU/KVM: a pty serial read through libvirt, not a file
 
     def template(self) -> str:
         """domain-xen.xml.j2 for Xen (PV/PVH/HVM), else domain-qemu.xml.j2."""
@@ -134,6 +135,7 @@ class DomainXML:
             console_log=str(self.console_log),
             metadata=metadata_element(self.owner),
             xen_mode=self.xen_mode or "",
+            console_stream=self.console_stream,
             bridge=self.bridge,
         )
 

@@ -142,3 +142,22 @@ def test_pinned_host_key_refused(sandbox: Env) -> None:
         assert "not the pinned one" in res.stdout
     finally:
         env.xenvlan("down")
+
+
+def test_console_stream_readiness(sandbox: Env) -> None:
+    """The Xen PV/PVH readiness path (console read through libvirt), exercised on QEMU."""
+    env = sandbox
+    env.vars["XENVLAN_CONSOLE"] = "stream"
+    try:
+        up = env.xjson("up")
+    finally:
+        del env.vars["XENVLAN_CONSOLE"]
+    try:
+        xml = _virsh(env, "dumpxml", "xenvlan-seed-a")
+        assert "<serial type='pty'>" in xml and "<serial type='file'>" not in xml
+        console = (env.run_dir / "labs" / "seed" / "a.console").read_text(errors="replace")
+        assert "XENVLAN-READY name=a" in console
+        assert up["timings"]["boot"] < 120
+        _ping(env, "a", "11.11.4.30", "seed")
+    finally:
+        env.xenvlan("down")
