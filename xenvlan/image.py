@@ -30,6 +30,7 @@ from pathlib import Path
 
 from xenvlan.errors import ImageError
 from xenvlan.paths import cache_dir
+from xenvlan.proc import run_checked
 
 BUILDER_VERSION = "1"
 KERNEL_METAPACKAGE = "linux-image-amd64"
@@ -79,18 +80,6 @@ class GuestImage:
 # --------------------------------------------------------------------------- helpers
 
 
-def _run(argv: list[str], what: str, *, cwd: Path | None = None) -> str:
-    """Run argv; on failure raise ImageError("<what> failed: <last stderr line>")."""
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, check=False)
-    except OSError as e:
-        raise ImageError(f"{what} failed: {e}") from e
-    if proc.returncode != 0:
-        lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
-        raise ImageError(f"{what} failed: {lines[-1]}")
-    return proc.stdout
-
-
 def _say(progress: Progress | None, msg: str) -> None:
     if progress is not None:
         progress(msg)
@@ -105,12 +94,12 @@ def resolve_kernel_package(override: str | None = None) -> tuple[str, str]:
     """(package, candidate version) of the concrete kernel image package."""
     pkg = override
     if pkg is None:
-        out = _run(["apt-cache", "depends", KERNEL_METAPACKAGE], "apt-cache depends")
+        out = run_checked(["apt-cache", "depends", KERNEL_METAPACKAGE], "apt-cache depends")
         found = re.findall(r"Depends:\s+(linux-image-\S+)", out)
         if not found:
             raise ImageError(f"apt-cache depends {KERNEL_METAPACKAGE}: no linux-image dependency")
         pkg = found[0]
-    out = _run(["apt-cache", "policy", pkg], f"apt-cache policy {pkg}")
+    out = run_checked(["apt-cache", "policy", pkg], f"apt-cache policy {pkg}")
     m = re.search(r"Candidate:\s*(\S+)", out)
     if not m or m.group(1) == "(none)":
         raise ImageError(f"kernel package {pkg} has no installable candidate (apt-get update?)")
@@ -119,7 +108,7 @@ def resolve_kernel_package(override: str | None = None) -> tuple[str, str]:
 
 def host_package_versions(packages: tuple[str, ...] = USERSPACE_PACKAGES) -> dict[str, str]:
     """Installed versions of the userspace packages copied into the image."""
-    out = _run(
+    out = run_checked(
         ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Status}\n", *packages],
         "dpkg-query -W " + " ".join(packages),
     )
@@ -379,7 +368,7 @@ def read_initrd(data: bytes) -> list[CpioEntry]:
 
 def _ldd(binary: Path) -> list[Path]:
     """Shared libraries + dynamic loader of `binary`, as paths on the host."""
-    out = _run(["ldd", str(binary)], f"ldd {binary}")
+    out = run_checked(["ldd", str(binary)], f"ldd {binary}")
     libs: list[Path] = []
     for line in out.splitlines():
         m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
@@ -454,7 +443,7 @@ def _add_userspace(t: _Tree) -> None:
     t.file(str(BUSYBOX), BUSYBOX.read_bytes(), 0o755)
     t.copy_binary(DROPBEAR)
     t.copy_binary(PING)
-    applets = _run([str(BUSYBOX), "--list-full"], "busybox --list-full").split()
+    applets = run_checked([str(BUSYBOX), "--list-full"], "busybox --list-full").split()
     for applet in applets:
         depth = applet.count("/")
         t.symlink(applet, "../" * depth + str(BUSYBOX).lstrip("/"))
@@ -483,7 +472,9 @@ def _download_deb(pkg: str, version: str, debs: Path, progress: Progress | None)
     debs.mkdir(parents=True, exist_ok=True)
     _say(progress, f"downloading {pkg} {version}")
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl.") as tmp:
-        _run(["apt-get", "download", f"{pkg}={version}"], f"apt-get download {pkg}", cwd=Path(tmp))
+        run_checked(
+            ["apt-get", "download", f"{pkg}={version}"], f"apt-get download {pkg}", cwd=Path(tmp)
+        )
         found = list(Path(tmp).glob("*.deb"))
         if len(found) != 1:
             raise ImageError(f"apt-get download {pkg}: expected one .deb, found {len(found)}")
@@ -506,7 +497,7 @@ def _build(
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
         root = Path(tmp)
         _say(progress, f"extracting {deb.name}")
-        _run(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
+        run_checked(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
         moddir = _find_modules_dir(root)
         kver = moddir.name
         vmlinuz = root / "boot" / f"vmlinuz-{kver}"
@@ -515,7 +506,7 @@ def _build(
             raise ImageError(f"kernel package lacks boot/vmlinuz-{kver} or boot/config-{kver}")
         if not (moddir / "modules.dep").exists():
             _say(progress, "running depmod")
-            _run(["depmod", "-b", str(moddir.parent.parent.parent), kver], "depmod")
+            run_checked(["depmod", "-b", str(moddir.parent.parent.parent), kver], "depmod")
         order = module_closure(
             (moddir / "modules.dep").read_text(),
             (moddir / "modules.builtin").read_text()

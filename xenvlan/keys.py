@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xenvlan.errors import ImageError
 from xenvlan.paths import ensure_private_dir
+from xenvlan.proc import run_checked
 
 CLIENT_KEY_NAME = "id_ed25519"
 KEY_COMMENT = "xenvlan"
@@ -87,17 +87,6 @@ def ensure_client_key(directory: Path) -> ClientKey:
     return ClientKey(path=path, public_openssh=public)
 
 
-def _run(argv: list[str], what: str) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except OSError as e:
-        raise ImageError(f"{what} failed: {e}") from e
-    if proc.returncode != 0:
-        lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
-        raise ImageError(f"{what} failed: {lines[-1]}")
-    return proc.stdout
-
-
 def generate_host_key(directory: Path, name: str) -> HostKey:
     """Generate a fresh Ed25519 dropbear host key `<directory>/<name>_ed25519_host_key`."""
     if not name or "/" in name or name.startswith("."):
@@ -107,8 +96,8 @@ def generate_host_key(directory: Path, name: str) -> HostKey:
     with tempfile.TemporaryDirectory(dir=directory, prefix=".hostkey.") as tmp:
         tmp_key = Path(tmp) / "key"
         # dropbearkey creates the file itself (mode 0600) and refuses to overwrite.
-        _run(["dropbearkey", "-t", "ed25519", "-f", str(tmp_key)], "dropbearkey -t ed25519")
-        out = _run(["dropbearkey", "-y", "-f", str(tmp_key)], "dropbearkey -y")
+        run_checked(["dropbearkey", "-t", "ed25519", "-f", str(tmp_key)], "dropbearkey -t ed25519")
+        out = run_checked(["dropbearkey", "-y", "-f", str(tmp_key)], "dropbearkey -y")
         public = next((ln for ln in out.splitlines() if ln.startswith("ssh-ed25519 ")), None)
         if public is None:
             raise ImageError("dropbearkey -y printed no ssh-ed25519 public key")
