@@ -13,7 +13,7 @@ from typing import Any
 
 import libvirt
 
-from xenvlan import fault, keys, vlan
+from xenvlan import fault, keys, signals, vlan
 from xenvlan import hypervisor as hv
 from xenvlan.console import ConsoleTap
 from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
@@ -203,10 +203,11 @@ def up(spec: LabSpec, opts: UpOptions, progress: Progress = _noop) -> LabStatus:
         except BaseException:
             if made_anything and not opts.keep_on_error:
                 progress("rolling back: removing everything this `up` made")
-                try:
-                    down_lab(conn, spec.name, progress)
-                except XenvlanError as cleanup_exc:
-                    progress(f"rollback incomplete: {cleanup_exc}")
+                with signals.deferred():
+                    try:
+                        down_lab(conn, spec.name, progress)
+                    except XenvlanError as cleanup_exc:
+                        progress(f"rollback incomplete: {cleanup_exc}")
             raise
         return status
     finally:

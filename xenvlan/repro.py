@@ -18,7 +18,7 @@ from typing import Any
 
 import libvirt
 
-from xenvlan import dom0, fault, hoststate, labsweep, scenario
+from xenvlan import dom0, fault, hoststate, labsweep, scenario, signals
 from xenvlan import hypervisor as hv
 from xenvlan import lab as lab_mod
 from xenvlan.dom0.journal import HostJournal, on_behalf_of
@@ -235,7 +235,7 @@ def run(spec: LabSpec, opts: ReproOptions, progress: Progress) -> ReproResult:
                 _experiment(conn, choice, spec, opts, runner)
         finally:
             if not reused and not opts.keep:
-                with runner.step("down"):
+                with signals.deferred(), runner.step("down"):
                     lab_mod.down_lab(conn, spec.name, progress)
         return result
     finally:
@@ -260,7 +260,7 @@ def _experiment(
         else:
             _fix_cycle(status, opts, runner, ports)
     finally:
-        with runner.step("revert") as st:
+        with signals.deferred(), runner.step("revert") as st:
             rep = dom0.fix_revert()
             result.reverted = [
                 {"kind": a.kind, "key": a.key, "original": a.original, "result": a.result}
