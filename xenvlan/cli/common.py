@@ -33,7 +33,3 @@ def print_json(data: Any) -> None:
     """JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
-
-
-def enter_sandbox() -> None:
-    """Kept for the verbs' call sites: `main()` already re-ran us inside a running sandbox."""

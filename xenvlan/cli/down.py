@@ -8,7 +8,7 @@ import typer
 
 from xenvlan import hypervisor as hv
 from xenvlan import lab
-from xenvlan.cli.common import enter_sandbox, out, progress
+from xenvlan.cli.common import out, progress
 from xenvlan.lock import lab_lock
 from xenvlan.paths import run_dir
 from xenvlan.spec import check_lab_name
@@ -22,7 +22,6 @@ def down(
     """Destroy and undefine the lab's guests, reservations, networks and run files."""
     if name is not None:
         check_lab_name(name)  # before any connection or path
-    enter_sandbox()
     conn, _choice = hv.open_connection(connect)
     try:
         from xenvlan.dom0.journal import pending_labs

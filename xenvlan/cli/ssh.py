@@ -10,7 +10,6 @@ import typer
 
 from xenvlan import hypervisor as hv
 from xenvlan import lab
-from xenvlan.cli.common import enter_sandbox
 from xenvlan.errors import SpecError
 from xenvlan.spec import check_lab_name
 
@@ -29,7 +28,6 @@ def ssh(
         raise SpecError("give a command: xenvlan ssh a -- ping -c 3 11.11.4.30")
     if name is not None:
         check_lab_name(name)  # before any connection
-    enter_sandbox()
     conn, choice = hv.open_connection(connect)
     try:
         st = lab.collect_status(conn, choice, lab.resolve_lab(conn, name), ssh=False)

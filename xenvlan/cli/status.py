@@ -9,7 +9,7 @@ from rich.table import Table
 
 from xenvlan import hypervisor as hv
 from xenvlan import lab
-from xenvlan.cli.common import enter_sandbox, out, print_json
+from xenvlan.cli.common import out, print_json
 from xenvlan.spec import check_lab_name
 
 
@@ -57,7 +57,6 @@ def status(
     """Show the lab's guests, their addresses, VLAN interfaces and host ports."""
     if name is not None:
         check_lab_name(name)  # before any connection
-    enter_sandbox()
     conn, choice = hv.open_connection(connect)
     try:
         st = lab.collect_status(conn, choice, lab.resolve_lab(conn, name))

@@ -8,7 +8,7 @@ import typer
 
 from xenvlan import hypervisor as hv
 from xenvlan import labsweep
-from xenvlan.cli.common import enter_sandbox, out, print_json
+from xenvlan.cli.common import out, print_json
 from xenvlan.ping import MAX_PAYLOAD
 from xenvlan.report_sweep import render_sweep
 from xenvlan.spec import check_lab_name
@@ -32,7 +32,6 @@ def sweep(
     opts.validate()
     if name is not None:
         check_lab_name(name)  # before any connection
-    enter_sandbox()
     conn, choice = hv.open_connection(connect)
     try:
         status = labsweep.lab_status(conn, choice, name)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from xenvlan import lab
-from xenvlan.cli.common import enter_sandbox, err, load_lab, print_json, progress
+from xenvlan.cli.common import err, load_lab, print_json, progress
 from xenvlan.cli.status import render_status
 from xenvlan.errors import SpecError
 from xenvlan.lock import lab_lock
@@ -76,7 +76,6 @@ def up(
         )
         sys.stdout.write(plan.dump())
         return
-    enter_sandbox()
     opts = lab.UpOptions(
         kernel=kernel, initrd=initrd, keep_on_error=keep_on_error, xen_mode=xen_mode
     )
