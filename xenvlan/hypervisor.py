@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,13 +235,21 @@ def lookup_network(conn: libvirt.virConnect, name: str) -> libvirt.virNetwork | 
 
 
 def remove_domain(dom: libvirt.virDomain) -> None:
-    """Destroy (if running) and undefine; a domain already gone is fine."""
-    try:
-        if dom.isActive():
-            dom.destroy()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise HypervisorError(f"destroying {dom.name()}: {_msg(exc)}") from None
+    """Destroy (if running) and undefine; a domain already gone, or stopping by itself, is fine."""
+    for _attempt in range(50):
+        try:
+            if dom.isActive():
+                dom.destroy()
+            break
+        except libvirt.libvirtError as exc:
+            code = exc.get_error_code()
+            if code == libvirt.VIR_ERR_NO_DOMAIN:
+                break
+            # A guest that crashed or rebooted (on_crash/on_reboot=destroy) may be mid-shutdown:
+            # "domain is not running" / "in use" until libvirt has finished stopping it.
+            if code not in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
+                raise HypervisorError(f"destroying {dom.name()}: {_msg(exc)}") from None
+            time.sleep(0.1)
     try:
         dom.undefine()  # direct kernel boot: no NVRAM, snapshots or managed save to remove
     except libvirt.libvirtError as exc:

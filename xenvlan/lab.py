@@ -30,7 +30,7 @@ from xenvlan.network import (
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.session import GuestAddress, GuestSession
 from xenvlan.spec import GuestSpec, LabSpec, check_lab_name
-from xenvlan.xml import Ownership, read_ownership
+from xenvlan.xml import read_ownership
 
 READY_MARK = "XENVLAN-READY"
 FAIL_MARK = "XENVLAN-FAIL"
@@ -474,23 +474,31 @@ def down_lab(conn: libvirt.virConnect, lab: str, progress: Progress = _noop) -> 
     except XenvlanError as exc:
         errors.append(str(exc))
 
-    def remove(dom: libvirt.virDomain, own: Ownership) -> list[str]:
-        name, net_name, mac = dom.name(), own.get("network"), own.get("mac")
-        done = []
-        net = hv.lookup_network(conn, net_name) if net_name and mac else None
-        if net is not None and remove_reservation(net, mac, name):
-            done.append(f"reservation {mac} on {net_name}")
-        hv.remove_domain(dom)  # destroy waits ~2 s for QEMU to exit: guests go in parallel
-        progress(f"removed domain {name}")
-        return [*done, f"domain {name}"]
-
     doms = list(hv.owned_domains(conn, lab))
+    # Reservations one at a time (concurrent updates of one network can fail), then the guests
+    # in parallel: libvirt's destroy waits ~2 s for each QEMU to exit. A failed reservation
+    # removal never keeps its guest alive.
+    for dom, own in doms:
+        net_name, mac = own.get("network"), own.get("mac")
+        try:
+            net = hv.lookup_network(conn, net_name) if net_name and mac else None
+            if net is not None and remove_reservation(net, mac, dom.name()):
+                removed.append(f"reservation {mac} on {net_name}")
+        except (XenvlanError, libvirt.libvirtError) as exc:
+            errors.append(str(exc))
+
+    def remove(dom: libvirt.virDomain) -> str:
+        name = dom.name()
+        hv.remove_domain(dom)
+        progress(f"removed domain {name}")
+        return f"domain {name}"
+
     if doms:
         with ThreadPoolExecutor(len(doms)) as pool:
-            for fut in [pool.submit(remove, dom, own) for dom, own in doms]:
+            for fut in [pool.submit(remove, dom) for dom, _own in doms]:
                 try:
-                    removed += fut.result()
-                except XenvlanError as exc:
+                    removed.append(fut.result())
+                except (XenvlanError, libvirt.libvirtError) as exc:
                     errors.append(str(exc))
     for net, _own in list(hv.owned_networks(conn, lab)):
         name = net.name()
