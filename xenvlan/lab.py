@@ -373,7 +373,6 @@ def _up(
     status = collect_status(conn, choice, spec.name, ssh=False)
     for gi in status.guests:
         gi.vlan_tool = tools.get(gi.name)
-        gi.vlan_if, gi.vlan_ip = spec.vlan.ifname, str(spec.guest(gi.name).vlan_ip)
     status.timings = timer.timings
     status.timings["total"] = sum(timer.timings.values())
     return status
@@ -425,8 +424,9 @@ def collect_status(
             state=hv.domain_state(dom),
             mac=own.get("mac"),
             mgmt_ip=own.get("mgmt_ip"),
-            vlan_if=None,
-            vlan_ip=None,
+            # What the lab configured (metadata); with ssh=True, what the guest reports instead.
+            vlan_if=None if ssh else own.get("vlan_if") or None,
+            vlan_ip=None if ssh else own.get("vlan_ip") or None,
             host_port=port,
             host_port_mtu=link_mtu(port) if port else None,
             host_key=own.get("host_key"),

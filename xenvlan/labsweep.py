@@ -53,12 +53,7 @@ def sweep_pair(
 
 def lab_status(conn: libvirt.virConnect, choice: hv.Choice, name: str | None) -> lab.LabStatus:
     """The lab's status with VLAN fields from metadata (no SSH needed)."""
-    st = lab.collect_status(conn, choice, lab.resolve_lab(conn, name), ssh=False)
-    for dom, own in hv.owned_domains(conn, st.lab):
-        g = st.guest(own.get("guest"))
-        g.vlan_if, g.vlan_ip = own.get("vlan_if") or None, own.get("vlan_ip") or None
-        del dom
-    return st
+    return lab.collect_status(conn, choice, lab.resolve_lab(conn, name), ssh=False)
 
 
 def sweep_lab(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -17,10 +15,6 @@ from xenvlan.cli.common import err, load_lab, out, print_json, progress
 from xenvlan.lock import lab_lock
 from xenvlan.ping import IP_ICMP_HEADER
 from xenvlan.report_sweep import render_sweep
-
-
-def _sigterm(_sig: int, _frame: FrameType | None) -> None:
-    raise SystemExit(143)  # unwinds through every finally: host changes are reverted
 
 
 def render(result: repro.ReproResult) -> None:
@@ -111,7 +105,6 @@ def repro_cmd(
     )
     opts.validate()
     spec = load_lab(lab_file)
-    signal.signal(signal.SIGTERM, _sigterm)
     with lab_lock(spec.name):
         result = repro.run(spec, opts, progress)
     if report is not None:
