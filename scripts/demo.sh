@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+PATH=${XENVLAN_VENV:-/opt/xenvlan/venv}/bin:$PATH
 report=${XENVLAN_REPORT:-$PWD/xenvlan-repro.html}
 started_sandbox=0
 cleanup() {

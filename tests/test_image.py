@@ -20,6 +20,7 @@ import paramiko
 import pytest
 
 import xenvlan.image as image_mod
+from tests.conftest import Built, needs_build
 from xenvlan.errors import ImageError
 from xenvlan.image import (
     MODULE_LIST,
@@ -45,9 +46,6 @@ from xenvlan.keys import (
 )
 
 QEMU = shutil.which("qemu-system-x86_64")
-can_build = shutil.which("apt-get") is not None and Path("/usr/sbin/dropbear").exists()
-needs_build = pytest.mark.skipif(not can_build, reason="needs apt-get and dropbear on the host")
-
 # --------------------------------------------------------------------------- pure units
 
 
@@ -124,27 +122,6 @@ def test_image_from_files(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- real build
-
-
-@dataclass(frozen=True)
-class Built:
-    image: GuestImage
-    cache: Path
-    entries: dict[str, CpioEntry]
-    seconds: float
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    if not can_build:
-        pytest.skip("needs apt-get and dropbear on the host")
-    cache = tmp_path_factory.mktemp("cache")
-    started = time.monotonic()
-    img = ensure_image(cache=cache)
-    seconds = time.monotonic() - started
-    print(f"\nimage {img.key}: built in {seconds:.1f} s, initrd {img.initrd.stat().st_size} B")
-    entries = {e.name: e for e in read_initrd(img.initrd.read_bytes())}
-    return Built(img, cache, entries, seconds)
 
 
 @needs_build

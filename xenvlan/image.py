@@ -19,6 +19,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import zlib
@@ -465,6 +466,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def _download_deb(pkg: str, version: str, debs: Path, progress: Progress | None) -> Path:
+    """`apt-get download pkg=version` into the cache, run in the namespace the user started in."""
     safe_version = version.replace(":", "%3a")
     dest = debs / f"{pkg}_{safe_version}_amd64.deb"
     if dest.exists():
@@ -472,14 +474,43 @@ def _download_deb(pkg: str, version: str, debs: Path, progress: Progress | None)
     debs.mkdir(parents=True, exist_ok=True)
     _say(progress, f"downloading {pkg} {version}")
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl.") as tmp:
-        run_checked(
-            ["apt-get", "download", f"{pkg}={version}"], f"apt-get download {pkg}", cwd=Path(tmp)
-        )
+        argv, fds = fetch_argv(["apt-get", "download", f"{pkg}={version}"])
+        run_checked(argv, f"apt-get download {pkg}", cwd=Path(tmp), pass_fds=fds)
         found = list(Path(tmp).glob("*.deb"))
         if len(found) != 1:
             raise ImageError(f"apt-get download {pkg}: expected one .deb, found {len(found)}")
         os.replace(found[0], dest)
     return dest
+
+
+def fetch_argv(argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
+    """`argv` made to run in the user's own network namespace (downloads never run in a sandbox).
+
+    A command re-executed into the sandbox carries an inherited handle on the namespace it was
+    started in (`sandbox.ORIGIN_NETNS_FD_ENV`); the fetch then runs there through `nsenter`.
+    Inside a sandbox namespace without that handle, fetching is refused: it has no route out.
+    """
+    from xenvlan import sandbox
+
+    fd = sandbox.origin_netns_fd()
+    if fd is not None:
+        return ["nsenter", f"--net=/proc/self/fd/{fd}", "--", *argv], (fd,)
+    if sandbox.inside_sandbox():
+        raise ImageError(
+            f"{argv[0]} {argv[1]}: refused inside the sandbox namespace (no route out); "
+            "run `xenvlan image build` outside it"
+        )
+    return argv, ()
+
+
+def _cached_debs(debs: Path) -> list[tuple[str, str, Path]]:
+    """(package, version, path) of every kernel deb already downloaded, newest first."""
+    found: list[tuple[str, str, Path]] = []
+    for deb in debs.glob("linux-image-*_amd64.deb"):
+        parts = deb.name[: -len("_amd64.deb")].split("_")
+        if len(parts) == 2:
+            found.append((parts[0], parts[1].replace("%3a", ":"), deb))
+    return sorted(found, key=lambda t: t[2].stat().st_mtime_ns, reverse=True)
 
 
 def _find_modules_dir(root: Path) -> Path:
@@ -666,12 +697,22 @@ def ensure_image(
             for stale in root.glob(pattern):
                 shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
-        deb = _download_deb(
-            str(inputs["kernel_package"]),
-            str(inputs["kernel_version"]),
-            root.parent / "debs",
-            progress,
-        )
+        try:
+            deb = _download_deb(
+                str(inputs["kernel_package"]),
+                str(inputs["kernel_version"]),
+                root.parent / "debs",
+                progress,
+            )
+        except ImageError as exc:
+            fallback = _offline_fallback(root, inputs, exc, progress)
+            if isinstance(fallback, GuestImage):
+                return fallback
+            deb, inputs = fallback
+            key = str(inputs["key"])
+            final = root / key
+            if (img := _load(final)) is not None:
+                return img
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".build-{key}."))
         try:
             _build(tmp, deb, inputs, init_script(), progress)
@@ -688,6 +729,51 @@ def ensure_image(
     if img is None:
         raise ImageError(f"image {final} is incomplete right after building it")
     return img
+
+
+#: Inputs a fallback image may differ in: only the kernel that could not be fetched.
+_KERNEL_INPUTS = ("kernel_package", "kernel_version", "key")
+
+
+def _notice(progress: Progress | None, msg: str) -> None:
+    if progress is not None:
+        progress(f"notice: {msg}")
+    else:
+        print(f"xenvlan: notice: {msg}", file=sys.stderr)
+
+
+def _offline_fallback(
+    root: Path, inputs: dict[str, object], exc: ImageError, progress: Progress | None
+) -> GuestImage | tuple[Path, dict[str, object]]:
+    """When the wanted kernel cannot be fetched: the newest usable cached image, else a cached
+    kernel deb to build from (with the inputs that describe it); else `exc`, one line."""
+    wanted = f"{inputs['kernel_package']} {inputs['kernel_version']}"
+    same = {k: v for k, v in inputs.items() if k not in _KERNEL_INPUTS}
+    usable: list[tuple[int, GuestImage, dict[str, object]]] = []
+    for meta_path in root.glob("*/meta.json"):
+        try:
+            old = json.loads(meta_path.read_text()).get("inputs", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        matches = isinstance(old, dict) and all(old.get(k) == v for k, v in same.items())
+        if matches and (img := _load(meta_path.parent)) is not None:
+            usable.append((meta_path.stat().st_mtime_ns, img, old))
+    if usable:
+        _, img, old = max(usable, key=lambda t: t[0])
+        _notice(
+            progress,
+            f"cannot fetch {wanted}; using the cached image of "
+            f"{old['kernel_package']} {old['kernel_version']}",
+        )
+        return img
+    debs = _cached_debs(root.parent / "debs")
+    if debs:
+        pkg, version, deb = debs[0]
+        rebuilt: dict[str, object] = {**same, "kernel_package": pkg, "kernel_version": version}
+        rebuilt["key"] = image_key(rebuilt)
+        _notice(progress, f"cannot fetch {wanted}; building from the cached {pkg} {version}")
+        return deb, rebuilt
+    raise ImageError(f"{exc} (and no cached image or kernel package to use instead)") from exc
 
 
 def cached_image(

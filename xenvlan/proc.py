@@ -14,10 +14,13 @@ def run_checked(
     *,
     cwd: Path | None = None,
     error: type[XenvlanError] = ImageError,
+    pass_fds: tuple[int, ...] = (),
 ) -> str:
     """Run `argv`; return stdout, or raise `error` with `what` and the tool's last line."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, cwd=cwd, check=False, pass_fds=pass_fds
+        )
     except OSError as e:
         raise error(f"{what} failed: {e}") from e
     if proc.returncode != 0:

@@ -22,6 +22,8 @@ from xenvlan.paths import ensure_private_dir, run_dir
 DEFAULT_NETNS = "xenvlan-sbx"
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
 NETNS_DIR = Path("/run/netns")
+#: Set on a command re-executed into the sandbox: an inherited fd on the namespace it came from.
+ORIGIN_NETNS_FD_ENV = "XENVLAN_ORIGIN_NETNS_FD"
 
 
 @dataclass
@@ -249,6 +251,31 @@ def current_netns_is(netns: str) -> bool:
     except OSError:
         return False
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def inside_sandbox() -> bool:
+    """Whether this process lives in the running sandbox's namespace."""
+    state = load_state()
+    return state is not None and current_netns_is(state.netns)
+
+
+def origin_netns_handle() -> int:
+    """An inheritable fd on this process's network namespace, for a re-executed child."""
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def origin_netns_fd() -> int | None:
+    """The inherited fd on the namespace a re-executed command was started in, if any."""
+    raw = os.environ.get(ORIGIN_NETNS_FD_ENV, "")
+    if not raw.isdigit():
+        return None
+    try:
+        target = os.readlink(f"/proc/self/fd/{raw}")
+    except OSError:
+        return None
+    return int(raw) if target.startswith("net:[") else None
 
 
 def netns_inherited() -> bool:

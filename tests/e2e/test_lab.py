@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def test_pinned_host_key_refused(sandbox: Env) -> None:
             sys.exit(1)
             """
         )
-        res = env.in_netns("python3", "-c", code)
+        res = env.in_netns(sys.executable, "-c", code)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "not the pinned one" in res.stdout
     finally:

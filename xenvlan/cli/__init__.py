@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import Annotated
 
 import typer
 
@@ -16,8 +17,26 @@ app = typer.Typer(
     help="Reproduce, measure and fix bridged VLAN fragmentation cliffs between guests.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"xenvlan {version('xenvlan')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Reproduce, measure and fix bridged VLAN fragmentation cliffs between guests."""
 
 
 def _register() -> None:
@@ -35,7 +54,7 @@ def _reexec_in_sandbox() -> None:
     setns() would not. Sandbox management itself runs where it was started.
     """
     args = sys.argv[1:]
-    skip = not args or args[0] in ("sandbox", "--help", "image")
+    skip = not args or args[0] in ("sandbox", "image") or args[0].startswith("-")
     if skip or os.environ.get("XENVLAN_NO_SANDBOX"):
         return
     from xenvlan import sandbox
@@ -47,6 +66,8 @@ def _reexec_in_sandbox() -> None:
         return
     argv = ["ip", "netns", "exec", state.netns, sys.executable, "-m", "xenvlan", *args]
     os.environ["XENVLAN_NO_SANDBOX"] = "1"  # never re-exec twice
+    # Downloads (the guest image's kernel) run back in this namespace: the sandbox has no route.
+    os.environ[sandbox.ORIGIN_NETNS_FD_ENV] = str(sandbox.origin_netns_handle())
     os.execvp("ip", argv)
 
 
