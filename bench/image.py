@@ -24,13 +24,8 @@ import paramiko
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from xenvlan.image import GuestImage, ensure_image, write_guest_initrd
-from xenvlan.keys import (
-    ensure_client_key,
-    generate_host_key,
-    load_pkey,
-    public_pkey,
-)
+from xenvlan.guest.image.build import GuestImage, ensure_image, write_guest_initrd
+from xenvlan.guest.keys import ensure_client_key, generate_host_key, load_pkey, public_pkey
 
 
 def _free_port() -> int:

@@ -30,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
-    from xenvlan import sandbox
+    from xenvlan.host.sandbox import netns as sandbox
 
     started = False
     if not sandbox.socket_alive():

@@ -34,10 +34,11 @@ from types import ModuleType
 
 from rich.console import Console
 
-from xenvlan import lab, labsweep
-from xenvlan.ping import GuestProber, PingResult
-from xenvlan.report_sweep import render_sweep
-from xenvlan.sweep import SweepOptions, SweepResult, naive_sweep, run_sweep
+from xenvlan import lab
+from xenvlan.cli.render import render_sweep
+from xenvlan.sweep import lab as labsweep
+from xenvlan.sweep.ping import GuestProber, PingResult
+from xenvlan.sweep.search import SweepOptions, SweepResult, naive_sweep, run_sweep
 
 NAIVE_RANGE = (1400, 1600)
 
@@ -100,7 +101,7 @@ def _compare(
 
 def _reexec_in_sandbox() -> None:
     """Inside a running sandbox's namespace the lab's addresses are reachable: go there."""
-    from xenvlan import sandbox
+    from xenvlan.host.sandbox import netns as sandbox
 
     state = sandbox.load_state()
     if state is None or sandbox.current_netns_is(state.netns):
@@ -115,8 +116,8 @@ def _find_lab(name: str | None) -> tuple[lab.LabStatus | None, str | None]:
     """(LabStatus, None) for the lab to use, (None, None) when no lab is up, or (None, error)."""
     import libvirt
 
-    from xenvlan import hypervisor as hv
     from xenvlan.errors import XenvlanError
+    from xenvlan.virt import connection as hv
 
     try:
         conn, choice = hv.open_connection(None)

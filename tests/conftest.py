@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan.image import CpioEntry, GuestImage, ensure_image, read_initrd
+from xenvlan.guest.image.build import GuestImage, ensure_image
+from xenvlan.guest.image.cpio import CpioEntry, read_initrd
 
 # Unit tests run CLI subprocesses in namespaces of their own: never let them re-exec into a
 # developer's running sandbox. The e2e suite removes this from the environment it passes on.

@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from xenvlan.cli import diagnose as diagnose_cli
-from xenvlan.dom0 import diagnose
-from xenvlan.dom0.inspect import kernel_info, parse_release, read_conntrack, read_snmp
+from xenvlan.host import diagnose
+from xenvlan.host.inspect import kernel_info, parse_release, read_conntrack, read_snmp
 
 DATA = Path(__file__).parent / "data" / "dom0"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan.dom0.journal import CRASH_ENV, HostJournal, JournalEntry, register_reverter
-from xenvlan.dom0.netns import current_netns
 from xenvlan.errors import BusyError, HostChangeError
+from xenvlan.host.journal import CRASH_ENV, HostJournal, JournalEntry, register_reverter
+from xenvlan.host.netns import current_netns
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,8 +131,8 @@ def test_unknown_and_custom_kinds(tmp_path: Path) -> None:
 
 def test_kill_between_journal_and_write(tmp_path: Path, knob: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from xenvlan.dom0.journal import HostJournal\n"
-        "from xenvlan.dom0.sysctl import write_value\n"
+        "import sys; from pathlib import Path; from xenvlan.host.journal import HostJournal\n"
+        "from xenvlan.host.sysctl import write_value\n"
         "j = HostJournal.open(Path(sys.argv[1])); p = Path(sys.argv[2])\n"
         "j.record_sysctl(p); write_value(p, '0')\n"
     )

@@ -316,7 +316,7 @@ def test_refuse_without_permission(lab: NS) -> None:
     # Import as root (the interpreter lives under /root), then drop to nobody before acting;
     # the API is called directly with the same one-line mapping as xenvlan.cli.main.
     code = (
-        "import os, sys; from xenvlan.dom0.fix import fix_apply; "
+        "import os, sys; from xenvlan.host.fix import fix_apply; "
         "from xenvlan.errors import XenvlanError; os.setgroups([]); "
         "os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)\n"
         "try:\n    fix_apply()\n"
@@ -403,7 +403,7 @@ def test_diagnose_injected_proc_without_br_netfilter(lab: NS, tmp_path: Path) ->
     fake = tmp_path / "proc"
     (fake / "net").mkdir(parents=True)
     code = (
-        "import json; from pathlib import Path; from xenvlan.dom0 import diagnose; "
+        "import json; from pathlib import Path; from xenvlan.host import diagnose; "
         f"d = diagnose(proc=Path({str(fake)!r})); print(json.dumps(d.to_json()))"
     )
     data = json.loads(lab.py(code))
@@ -424,7 +424,7 @@ def test_diagnose_record_and_replay(lab: NS, tmp_path: Path) -> None:
 def test_journal_link_mtu_and_nft_table(lab: NS) -> None:
     code = """
 import subprocess, sys
-from xenvlan.dom0.journal import HostJournal
+from xenvlan.host.journal import HostJournal
 with HostJournal.open() as j:
     assert j.record_link_mtu("vnet0") == 1500
     subprocess.run(["ip", "link", "set", "vnet0", "mtu", "1400"], check=True)
@@ -435,7 +435,7 @@ with HostJournal.open() as j:
     assert lab.py(code).strip() == "2"
     assert "mtu 1400" in lab.sh("ip link show vnet0")
     out = lab.py(
-        "from xenvlan.dom0.journal import HostJournal\n"
+        "from xenvlan.host.journal import HostJournal\n"
         "with HostJournal.open() as j: print([a.result for a in j.revert_all()])"
     )
     assert out.strip() == "['removed', 'restored']"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from xenvlan import fault
-from xenvlan.dom0.journal import HostJournal, on_behalf_of, pending_labs, revert_lab_changes
 from xenvlan.errors import BusyError
+from xenvlan.host.journal import HostJournal, on_behalf_of, pending_labs, revert_lab_changes
 from xenvlan.lock import lab_lock
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan import vlan
-from xenvlan.ping import CommandResult, GuestProber
-from xenvlan.session import GuestSession
+from xenvlan.guest import vlan
+from xenvlan.guest.session import GuestSession
+from xenvlan.sweep.ping import CommandResult, GuestProber
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = "from xenvlan.cli import main; main()"
@@ -245,7 +245,7 @@ def test_guest_dropbear_refuses_passwords() -> None:
     for line in starts:
         assert re.search(r"\s-s(\s|$)", line), f"dropbear without -s: {line}"
     assert not re.search(r"\b(ch)?passwd\b", init), "init must not set passwords"
-    image = (REPO / "xenvlan" / "image.py").read_text()
+    image = "".join(p.read_text() for p in (REPO / "xenvlan" / "guest" / "image").glob("*.py"))
     for entry in re.findall(r'b"root:([^:]*):', image):
         assert entry in ("x", "*", "!"), f"root has a password field {entry!r}"
     assert "etc/shadow" not in image

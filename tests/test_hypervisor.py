@@ -16,9 +16,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from xenvlan import hypervisor as hv
 from xenvlan.errors import HypervisorError
-from xenvlan.xml import NS, Ownership, metadata_element
+from xenvlan.virt import connection as hv
+from xenvlan.virt.xml import NS, Ownership, metadata_element
 
 CAPS = Path(__file__).parent / "data" / "caps"
 TEST_URI = "test:///default"

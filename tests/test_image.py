@@ -19,24 +19,21 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import xenvlan.image as image_mod
+import xenvlan.guest.image.apt as apt_mod
+import xenvlan.guest.image.build as image_mod
 from tests.conftest import Built, needs_build
 from xenvlan.errors import ImageError
-from xenvlan.image import (
+from xenvlan.guest.image.build import (
     MODULE_LIST,
-    CpioEntry,
     GuestImage,
     ensure_image,
-    extract_vmlinux,
-    has_pvh_note,
     image_from_files,
-    module_closure,
-    pack_newc,
-    parse_newc,
-    read_initrd,
     write_guest_initrd,
 )
-from xenvlan.keys import (
+from xenvlan.guest.image.cpio import CpioEntry, pack_newc, parse_newc, read_initrd
+from xenvlan.guest.image.kernel import extract_vmlinux, has_pvh_note
+from xenvlan.guest.image.modules import module_closure
+from xenvlan.guest.keys import (
     ClientKey,
     HostKey,
     ensure_client_key,
@@ -216,7 +213,7 @@ def test_package_queries_are_memoised(built: Built, monkeypatch: pytest.MonkeyPa
     def no_apt(_override: str | None = None) -> tuple[str, str]:
         raise AssertionError("apt-cache asked although apt/dpkg state did not change")
 
-    monkeypatch.setattr(image_mod, "resolve_kernel_package", no_apt)
+    monkeypatch.setattr(apt_mod, "resolve_kernel_package", no_apt)
     assert ensure_image(cache=built.cache) == built.image
 
 

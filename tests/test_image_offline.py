@@ -13,23 +13,24 @@ from pathlib import Path
 
 import pytest
 
-import xenvlan.image as image_mod
+import xenvlan.guest.image.apt as apt_mod
 from tests.conftest import Built, needs_build
-from xenvlan import sandbox
 from xenvlan.errors import ImageError
-from xenvlan.image import ensure_image, fetch_argv
+from xenvlan.guest.image.apt import fetch_argv
+from xenvlan.guest.image.build import ensure_image
+from xenvlan.host.sandbox import netns as sandbox
 
 
 def _unfetchable(monkeypatch: pytest.MonkeyPatch, cache: Path) -> str:
     """Make apt name a kernel version that no mirror has: the real download then fails."""
-    real = image_mod.resolve_kernel_package
+    real = apt_mod.resolve_kernel_package
     (cache / "images" / ".packages.json").unlink(missing_ok=True)
     newer = "999.0-newer"
 
     def resolve(override: str | None = None) -> tuple[str, str]:
         return real(override)[0], newer
 
-    monkeypatch.setattr(image_mod, "resolve_kernel_package", resolve)
+    monkeypatch.setattr(apt_mod, "resolve_kernel_package", resolve)
     return newer
 
 
@@ -99,7 +100,7 @@ PROBE = textwrap.dedent(
     """
     import subprocess, sys
     from xenvlan.errors import ImageError
-    from xenvlan.image import fetch_argv
+    from xenvlan.guest.image.apt import fetch_argv
     try:
         argv, fds = fetch_argv(["readlink", "/proc/self/ns/net"])
     except ImageError as exc:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from xenvlan.errors import ImageError
-from xenvlan.keys import (
+from xenvlan.guest.keys import (
     ClientKey,
     HostKey,
     ensure_client_key,

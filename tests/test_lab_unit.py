@@ -17,11 +17,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from xenvlan import hypervisor as hv
-from xenvlan import lab, network
+from xenvlan import lab
 from xenvlan.errors import GuestError, HypervisorError, SpecError
 from xenvlan.spec import LabSpec, from_dict
-from xenvlan.xml import Ownership, metadata_element, read_ownership
+from xenvlan.virt import connection as hv
+from xenvlan.virt import network
+from xenvlan.virt.xml import Ownership, metadata_element, read_ownership
 
 TEST_URI = "test:///default"
 
@@ -303,7 +304,7 @@ def test_check_conflicts_refuses_foreign_domain(conn: libvirt.virConnect) -> Non
     spec = from_dict({"name": f"c{_uid()}"})
     foreign = _define_domain(conn, network.domain_name(spec.name, "a"), None)
     with pytest.raises(HypervisorError, match=r"not xenvlan lab .*refusing to touch it"):
-        lab._check_conflicts(conn, spec)
+        lab.check_conflicts(conn, spec)
     assert foreign.isActive()
 
 
@@ -313,7 +314,7 @@ def test_check_conflicts_refuses_other_labs_domain(conn: libvirt.virConnect) -> 
         conn, network.domain_name(spec.name, "b"), _guest_owner("someone", "b", "m", "i")
     )
     with pytest.raises(HypervisorError, match="refusing to touch it"):
-        lab._check_conflicts(conn, spec)
+        lab.check_conflicts(conn, spec)
 
 
 def test_check_conflicts_says_already_up(conn: libvirt.virConnect) -> None:
@@ -322,7 +323,7 @@ def test_check_conflicts_says_already_up(conn: libvirt.virConnect) -> None:
         conn, network.domain_name(spec.name, "a"), _guest_owner(spec.name, "a", "m", "i")
     )
     with pytest.raises(HypervisorError, match="already up"):
-        lab._check_conflicts(conn, spec)
+        lab.check_conflicts(conn, spec)
 
 
 def test_up_refuses_foreign_domain_and_leaves_it(conn: libvirt.virConnect, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from xenvlan.errors import GuestError, SpecError
-from xenvlan.ping import (
+from xenvlan.sweep.ping import (
     DETECT_COMMAND,
     CommandResult,
     GuestProber,

@@ -10,8 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from xenvlan.errors import SpecError
-from xenvlan.ping import MAX_PAYLOAD, Counts, PingResult
-from xenvlan.sweep import (
+from xenvlan.sweep.ping import MAX_PAYLOAD, Counts, PingResult
+from xenvlan.sweep.search import (
     REFINE_BATCH,
     SweepOptions,
     SweepResult,
@@ -231,7 +231,7 @@ def test_coarse_grid_contains_signatures() -> None:
 def test_rich_report_renders_edges_and_verdict() -> None:
     from rich.console import Console
 
-    from xenvlan.report_sweep import render_sweep
+    from xenvlan.cli.render import render_sweep
 
     res = sweep(SimTarget(lambda s: s < 1477), lo=1400, hi=1600)
     console = Console(record=True, width=120)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan.ping import CommandResult, GuestProber
-from xenvlan.sweep import SweepOptions, SweepResult, run_sweep
+from xenvlan.sweep.ping import CommandResult, GuestProber
+from xenvlan.sweep.search import SweepOptions, SweepResult, run_sweep
 
 pytestmark = pytest.mark.netns
 

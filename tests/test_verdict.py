@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xenvlan.ping import PingResult
-from xenvlan.verdict import VERDICT_CODES, Transition, aggregate, decide
+from xenvlan.sweep.ping import PingResult
+from xenvlan.sweep.verdict import VERDICT_CODES, Transition, aggregate, decide
 
 
 def ok(size: int) -> PingResult:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan import vlan
 from xenvlan.errors import GuestError
-from xenvlan.ping import CommandResult
+from xenvlan.guest import vlan
+from xenvlan.sweep.ping import CommandResult
 
 DATA = Path(__file__).parent / "data" / "vlan"
 ADDR = ipaddress.IPv4Interface("11.11.4.2/24")

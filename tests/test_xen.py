@@ -23,12 +23,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from xenvlan import hypervisor as hv
-from xenvlan import plan as plan_mod
 from xenvlan.errors import HypervisorError, SpecError
-from xenvlan.lab import NetInfo
+from xenvlan.lab import plan as plan_mod
 from xenvlan.spec import seed
-from xenvlan.xml import read_ownership
+from xenvlan.virt import connection as hv
+from xenvlan.virt.network import NetInfo
+from xenvlan.virt.xml import read_ownership
 
 DATA = Path(__file__).parent / "data"
 CAPS = DATA / "caps"
@@ -215,7 +215,8 @@ def test_xen_values_are_escaped(tmp_path: Path, value: str) -> None:
 def test_guest_init_follows_the_kernel_console() -> None:
     # /init writes the marker to /dev/console, i.e. to whatever console= names (hvc0 on PV/PVH,
     # ttyS0 elsewhere): it must not pick a device itself. xen-netfront is in the module list.
-    from xenvlan.image import MODULES, init_script
+    from xenvlan.guest.image.build import init_script
+    from xenvlan.guest.image.modules import MODULES
 
     init = init_script().decode()
     assert not re.search(r"/dev/(ttyS|hvc)\d", init)
@@ -338,7 +339,7 @@ def test_dry_run_offline_makes_no_connection_and_writes_nothing(
 def test_dry_run_uses_the_cached_image_or_where_it_would_be(
     run_dir: Path, no_libvirt: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import xenvlan.image as image_mod
+    import xenvlan.guest.image as image_mod
 
     where = tmp_path / "cache" / "images" / "feedface"
 

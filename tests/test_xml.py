@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan.xml import (
+from xenvlan.virt.xml import (
     NS,
     DomainXML,
     NetworkXML,

@@ -92,7 +92,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         _skip_or_fail("needs root")
     if missing := _missing():
         _skip_or_fail(f"missing {', '.join(missing)} (run scripts/bootstrap.sh)")
-    from xenvlan import sandbox as sbx
+    from xenvlan.host.sandbox import netns as sbx
 
     if sbx.socket_alive():
         _skip_or_fail("a libvirtd already runs on this host; the e2e suite needs its own")

@@ -123,7 +123,9 @@ def test_pinned_host_key_refused(sandbox: Env) -> None:
         code = textwrap.dedent(
             """
             import libvirt, sys
-            from xenvlan import hypervisor as hv, lab, keys
+            from xenvlan.virt import connection as hv
+            from xenvlan import lab
+            from xenvlan.guest import keys
             from xenvlan.errors import GuestError
             conn, choice = hv.open_connection(None)
             st = lab.collect_status(conn, choice, "seed", ssh=False)

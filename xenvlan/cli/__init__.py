@@ -57,7 +57,7 @@ def _reexec_in_sandbox() -> None:
     skip = not args or args[0] in ("sandbox", "image") or args[0].startswith("-")
     if skip or os.environ.get("XENVLAN_NO_SANDBOX"):
         return
-    from xenvlan import sandbox
+    from xenvlan.host.sandbox import netns as sandbox
 
     state = sandbox.load_state()
     if state is None or not sandbox.netns_inherited():

@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
         kernel_release: Annotated[str | None, typer.Option("--kernel-release", hidden=True)] = None,
     ) -> None:
         """Read bridges, ports, MTUs, bridge-netfilter knobs and conntrack; print findings."""
-        from xenvlan.dom0.findings import diagnose
-        from xenvlan.dom0.inspect import record_host
+        from xenvlan.host.findings import diagnose
+        from xenvlan.host.inspect import record_host
 
         lab_ports = _parse_lab_ports(lab_port or [])
         if not lab_ports and replay is None:

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from xenvlan import hypervisor as hv
 from xenvlan import lab
 from xenvlan.cli.common import out, progress
 from xenvlan.lock import lab_lock
 from xenvlan.paths import run_dir
 from xenvlan.spec import check_lab_name
+from xenvlan.virt import connection as hv
 
 
 def down(
@@ -24,7 +24,7 @@ def down(
         check_lab_name(name)  # before any connection or path
     conn, _choice = hv.open_connection(connect)
     try:
-        from xenvlan.dom0.journal import pending_labs
+        from xenvlan.host.journal import pending_labs
 
         # A lab killed after its domains went but before its host changes were reverted.
         present = sorted(set(lab.labs_present(conn)) | pending_labs())

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         sysfs: Annotated[Path, typer.Option("--sys-root", hidden=True)] = Path("/sys"),
     ) -> None:
         """Record the originals in the journal, then set the method's knob(s) to 0."""
-        from xenvlan.dom0.fix import FixPlan, fix_apply
+        from xenvlan.host.fix import FixPlan, fix_apply
         from xenvlan.lock import refuse_while_busy
 
         refuse_while_busy("xenvlan fix apply")
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
     ) -> None:
         """Restore exactly the values and files recorded in this namespace's journal."""
-        from xenvlan.dom0.fix import fix_revert
+        from xenvlan.host.fix import fix_revert
         from xenvlan.lock import refuse_while_busy
 
         refuse_while_busy("xenvlan fix revert")
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         sysfs: Annotated[Path, typer.Option("--sys-root", hidden=True)] = Path("/sys"),
     ) -> None:
         """Current knob values, and the originals of a pending journal."""
-        from xenvlan.dom0.fix import fix_status
+        from xenvlan.host.fix import fix_status
 
         st = fix_status(proc=proc, sys=sysfs)
         if as_json:

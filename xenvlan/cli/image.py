@@ -20,7 +20,7 @@ def build(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Build (or reuse) the cached guest image."""
-    from xenvlan import image
+    from xenvlan.guest import image
 
     img = image.ensure_image(force=force, kernel_package=kernel_package, progress=progress)
     data = {

@@ -10,11 +10,11 @@ import typer
 from rich.markup import escape as esc
 from rich.table import Table
 
-from xenvlan import repro
 from xenvlan.cli.common import err, load_lab, out, print_json, progress
+from xenvlan.cli.render import render_sweep
 from xenvlan.lock import lab_lock
-from xenvlan.ping import IP_ICMP_HEADER
-from xenvlan.report_sweep import render_sweep
+from xenvlan.repro import run as repro
+from xenvlan.sweep.ping import IP_ICMP_HEADER
 
 
 def render(result: repro.ReproResult) -> None:
@@ -108,7 +108,7 @@ def repro_cmd(
     with lab_lock(spec.name):
         result = repro.run(spec, opts, progress)
     if report is not None:
-        from xenvlan.report import write_report
+        from xenvlan.repro.report import write_report
 
         write_report(result, report)
         err.print(f"report written to {report}")

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from xenvlan import sandbox
 from xenvlan.cli.common import out, print_json
 from xenvlan.errors import SpecError
+from xenvlan.host.sandbox import netns as sandbox
 
 sub = typer.Typer(help="A private libvirtd inside a network namespace, for bare machines.")
 

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from xenvlan import hypervisor as hv
 from xenvlan import lab
 from xenvlan.errors import SpecError
 from xenvlan.spec import check_lab_name
+from xenvlan.virt import connection as hv
 
 
 def ssh(

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from xenvlan import hypervisor as hv
 from xenvlan import lab
 from xenvlan.cli.common import out, print_json
 from xenvlan.spec import check_lab_name
+from xenvlan.virt import connection as hv
 
 
 def render_status(status: lab.LabStatus) -> None:

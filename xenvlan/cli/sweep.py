@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from xenvlan import hypervisor as hv
-from xenvlan import labsweep
 from xenvlan.cli.common import out, print_json
-from xenvlan.ping import MAX_PAYLOAD
-from xenvlan.report_sweep import render_sweep
+from xenvlan.cli.render import render_sweep
 from xenvlan.spec import check_lab_name
-from xenvlan.sweep import SweepOptions
+from xenvlan.sweep import lab as labsweep
+from xenvlan.sweep.ping import MAX_PAYLOAD
+from xenvlan.sweep.search import SweepOptions
+from xenvlan.virt import connection as hv
 
 
 def sweep(

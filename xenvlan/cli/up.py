@@ -64,7 +64,7 @@ def up(
     if (kernel is None) != (initrd is None):
         raise SpecError("--kernel and --initrd go together")
     if dry_run:
-        from xenvlan.plan import dry_run as plan_dry_run
+        from xenvlan.lab.plan import dry_run as plan_dry_run
 
         plan = plan_dry_run(
             spec,

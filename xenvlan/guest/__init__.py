@@ -1,0 +1,1 @@
+"""Inside the guests: boot image, SSH keys and session, VLAN setup."""

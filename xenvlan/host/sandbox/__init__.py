@@ -1,0 +1,1 @@
+"""Private hypervisors for bare machines: a libvirtd in a network namespace."""

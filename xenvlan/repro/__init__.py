@@ -1,0 +1,1 @@
+"""The whole reproduction: scenarios, the run, its typed result, the report."""

@@ -1,0 +1,1 @@
+"""Finding the cliff: ping argv/parse, the prober, the search, the verdict."""

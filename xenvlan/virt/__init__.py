@@ -1,0 +1,1 @@
+"""libvirt: connection and capability probes, networks, XML rendering, consoles."""
