@@ -86,4 +86,6 @@ def render_sweep(result: SweepResult) -> RenderableType:
     if result.transitions:
         parts.append(table)
     parts += [edges, strip, cost, verdict]
+    for rep in result.evidence:
+        parts += [Text(f"  kernel: {line}", style="cyan") for line in rep.lines()]
     return Group(*parts)

@@ -15,6 +15,7 @@ from xenvlan.cli.render import render_sweep
 from xenvlan.lock import lab_lock
 from xenvlan.repro import run as repro
 from xenvlan.sweep.ping import IP_ICMP_HEADER
+from xenvlan.sweep.search import SweepResult
 
 
 def render(result: repro.ReproResult) -> None:
@@ -37,6 +38,12 @@ def render(result: repro.ReproResult) -> None:
             if r is not None:
                 t.add_row(name, *_cells(r.to_json()))
     out.print(t)
+    for label, sweep in _sweeps(result):
+        for rep in sweep.evidence:
+            for line in rep.lines():
+                out.print(f"  kernel, {esc(label)}: {esc(line)}")
+            if rep.notice:
+                out.print(f"  [dim]{esc(rep.notice)}[/]")
     for c in result.setup:
         change = f"{c.before} -> {c.after}" if c.before != c.after else f"already {c.after}"
         out.print(f"  setup: {esc(c.what)}: {esc(change)}  [dim]({esc(c.why)})[/]")
@@ -58,6 +65,14 @@ def render(result: repro.ReproResult) -> None:
     code = result.verdict.get("code", "?")
     style = "green" if code in ("cliff-removed", "brnf-refragments") else "yellow"
     out.print(f"[bold {style}]{esc(code)}[/]: {esc(result.verdict.get('text', ''))}")
+
+
+def _sweeps(result: repro.ReproResult) -> list[tuple[str, SweepResult]]:
+    """(label, sweep) of every sweep the run made, in the table's order."""
+    if result.matrix_results:
+        return list(result.matrix_results)
+    named = (("before fix", result.before), (f"after {result.fix_method}", result.after))
+    return [(name, r) for name, r in named if r is not None]
 
 
 def _cells(sweep: dict) -> list[str]:  # type: ignore[type-arg]

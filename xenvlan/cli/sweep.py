@@ -8,6 +8,7 @@ import typer
 
 from xenvlan.cli.common import out, print_json
 from xenvlan.cli.render import render_sweep
+from xenvlan.evidence.lab import EvidenceOptions
 from xenvlan.spec import check_lab_name
 from xenvlan.sweep import lab as labsweep
 from xenvlan.sweep.ping import MAX_PAYLOAD
@@ -26,9 +27,13 @@ def sweep(
     name: Annotated[str | None, typer.Option(help="Lab name; default the only lab up.")] = None,
     connect: Annotated[str | None, typer.Option(help="libvirt URI; default auto.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
+    evidence: Annotated[
+        bool, typer.Option(help="Replay each cliff and show where the kernel dropped it.")
+    ] = False,
 ) -> None:
     """Ping guest to guest over a size range and report every pass/fail transition exactly."""
-    opts = SweepOptions(lo=lo, hi=hi, count=count, df=df, path=path)
+    ev = EvidenceOptions() if evidence else None
+    opts = SweepOptions(lo=lo, hi=hi, count=count, df=df, path=path, evidence=ev)
     opts.validate()
     if name is not None:
         check_lab_name(name)  # before any connection

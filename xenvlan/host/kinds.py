@@ -5,6 +5,7 @@ The journal looks a kind up here when it records (unknown kinds are refused) and
 
 from __future__ import annotations
 
+from xenvlan.evidence import tracefs
 from xenvlan.host import firewall, journal
 
 REVERTERS: dict[str, journal.Reverter] = {
@@ -13,4 +14,6 @@ REVERTERS: dict[str, journal.Reverter] = {
     "nft_table": journal.revert_nft_table,
     "file": journal.revert_file,
     firewall.KIND: firewall.revert_chain,
+    tracefs.KIND_MOUNT: tracefs.revert_mount,
+    tracefs.KIND_INSTANCE: tracefs.revert_instance,
 }

@@ -30,6 +30,7 @@ def _run(argv: list[str]) -> str:
 
 def snapshot(journal_dir: Path | None = None) -> dict[str, Any]:
     """Bridge sysctls, per-bridge knobs, firewall rules, link MTUs and pending journals."""
+    from xenvlan.evidence.tracefs import global_state
     from xenvlan.host.journal import default_journal_dir
 
     sysctls = {p.name: _read(p) for p in sorted(Path("/proc/sys/net/bridge").glob("bridge-nf-*"))}
@@ -49,6 +50,7 @@ def snapshot(journal_dir: Path | None = None) -> dict[str, Any]:
         "iptables": _run(["iptables-save"]),
         "nft": _run(["nft", "list", "ruleset"]),
         "journals": sorted(p.name for p in jdir.glob("*.json")) if jdir.is_dir() else [],
+        "tracing": global_state(),
     }
 
 

@@ -98,6 +98,86 @@ def _zoom(series: list[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
     return max(0, min(edges) - 60), max(edges) + 60
 
 
+#: Where on the path a kernel function drops a packet: 2 = the bridge (netfilter), 3 = the
+#: egress port (the bridge's MTU check, refragmentation, veth ingress).
+_DROP_AT = (
+    ("br_dev_queue_push_xmit", 3),
+    ("br_nf_dev_queue_xmit", 3),
+    ("ip_do_fragment", 3),
+    ("__dev_forward_skb", 3),
+    ("nft_do_chain", 2),
+    ("nf_hook_slow", 2),
+    ("ipt_do_table", 2),
+)
+
+
+def _drop_index(function: str) -> int:
+    return next((i for name, i in _DROP_AT if function.startswith(name)), 2)
+
+
+def _path_svg(title: str, ev: dict[str, Any]) -> str:
+    """guest a -> port -> bridge -> port -> guest b for one replayed size, the drop point marked."""
+    esc = html.escape
+    nodes = ["sender", ev.get("in_port") or "port", "bridge", ev.get("out_port") or "port"]
+    nodes.append("receiver")
+    drops = [d for d in ev.get("drops", []) if not d.get("collateral")]
+    at = _drop_index(drops[0]["function"]) if drops else None
+    w, step = 640, 150
+    parts = [f'<svg class="path" width="{w}" height="92" role="img"><title>{esc(title)}</title>']
+    for i, name in enumerate(nodes):
+        x = 10 + i * step
+        parts.append(
+            f'<rect x="{x}" y="28" width="90" height="26" rx="4" fill="#eef" stroke="#557"/>'
+            f'<text x="{x + 45}" y="45" text-anchor="middle">{esc(str(name))}</text>'
+        )
+        if i < len(nodes) - 1:
+            color = "#c62828" if at is not None and i >= at else "#2e7d32"
+            parts.append(
+                f'<line x1="{x + 90}" y1="41" x2="{x + step}" y2="41" stroke="{color}" '
+                'stroke-width="2"/>'
+            )
+    if at is not None:
+        x = 10 + at * step + (95 if at == 3 else 45)
+        label = ev.get("culprit") or drops[0]["function"]
+        parts.append(
+            f'<text class="drop" x="{x}" y="22" text-anchor="middle" fill="#c62828">&#x2716; '
+            f"{esc(str(drops[0]['function']))} &times;{sum(d['count'] for d in drops)}</text>"
+            f'<text x="{w / 2}" y="80" text-anchor="middle"><tspan>{esc(str(label))}</tspan>'
+            "</text>"
+        )
+    else:
+        parts.append(
+            f'<text x="{w / 2}" y="80" text-anchor="middle">'
+            f"{'delivered' if ev.get('traced') else 'no kernel trace (counters only)'}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _evidence_html(series: list[tuple[str, dict[str, Any]]]) -> str:
+    """Per sweep and edge: the path picture and the one-line summaries, with the captures."""
+    esc = html.escape
+    out: list[str] = []
+    for name, s in series:
+        for rep in s.get("evidence") or []:
+            for ev in (rep.get("failing"), rep.get("passing")):
+                if not ev:
+                    continue
+                size = f"{ev['size']} (IP {ev['ip_length']}), {ev.get('role', '')}"
+                out.append(f"<h3>{esc(name)}: {esc(size)}</h3>")
+                out.append(_path_svg(f"{name} {size}", ev))
+                if ev.get("summary"):
+                    out.append(f"<p class='ev'>{esc(ev['summary'])}</p>")
+                if ev.get("capture"):
+                    cap = str(ev["capture"])
+                    out.append(f"<p><small>capture: <code>{esc(cap)}</code></small></p>")
+            if rep.get("notice"):
+                out.append(f"<p><small>{esc(rep['notice'])}</small></p>")
+    if not out:
+        return "<p>No failing edge was replayed (no cliff, or evidence was off).</p>"
+    return "".join(out)
+
+
 def render_html(result: ReproResult) -> str:
     """The report as one HTML string."""
     doc = result.to_json()
@@ -168,6 +248,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-a
 .verdict {{ font-size: 1.2em; background: #f1f8e9; padding: .5em 1em; }}
 svg.chart text {{ font-size: 11px; fill: #333; }} svg.chart .title {{ font-weight: bold; }}
 svg.chart .axis {{ stroke: #888; }}
+svg.path text {{ font-size: 11px; }} svg.path .drop {{ font-weight: bold; }}
 </style></head><body>
 <h1>xenvlan repro &mdash; scenario {esc(doc["scenario"])}</h1>
 {emu}
@@ -178,6 +259,8 @@ svg.chart .axis {{ stroke: #888; }}
 <h2>Delivered fraction vs payload size</h2>
 {_chart(series, zlo, zhi, False, f"around the boundary ({zlo}..{zhi})")}
 {_chart(series, lo, hi, True, f"full range ({lo}..{hi})")}
+<h2>Where the packet dies</h2>
+<div id="evidence">{_evidence_html(series)}</div>
 <h2>Boundaries</h2>
 <table><tr><th>sweep</th><th>largest passing</th><th>IP</th><th>smallest failing</th><th>IP</th>
 <th>verdict</th><th>evidence</th></tr>{"".join(rows)}</table>

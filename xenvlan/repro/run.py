@@ -22,6 +22,8 @@ from xenvlan import fault, signals
 from xenvlan import host as dom0
 from xenvlan import lab as lab_mod
 from xenvlan.errors import HostChangeError, SpecError
+from xenvlan.evidence.lab import EvidenceOptions
+from xenvlan.host import firewall
 from xenvlan.host import snapshot as hoststate
 from xenvlan.host.journal import HostJournal, on_behalf_of
 from xenvlan.repro import scenarios as scenario
@@ -95,6 +97,7 @@ class ReproResult:
     before: SweepResult | None = None
     after: SweepResult | None = None
     matrix: list[dict[str, Any]] = field(default_factory=list)
+    matrix_results: list[tuple[str, SweepResult]] = field(default_factory=list)
     setup: list[HostChange] = field(default_factory=list)
     fix_method: str | None = None
     fix_changes: list[dict[str, Any]] = field(default_factory=list)
@@ -290,8 +293,10 @@ def _fix_cycle(
         with runner.step("emulate"), HostJournal.open() as journal:
             result.setup = scenario.emulate_legacy_vlan(journal, status.lab, ports)
         fault.point("after-emulate")
+    chain = firewall.chain_name(status.lab) if opts.emulated else None
     with runner.step("sweep-before") as st:
-        result.before = _sweep(status, opts.sweep_options())
+        ev = EvidenceOptions(tag="before-", emulation_chain=chain)
+        result.before = _sweep(status, opts.sweep_options(evidence=ev))
         st.detail = result.before.verdict.code
     bridge = status.bridge if opts.method == "bridge" else None
     with runner.step("fix") as st:
@@ -301,7 +306,8 @@ def _fix_cycle(
         st.detail = "; ".join(f"{c.name} {c.before} -> {c.after}" for c in rep.changes)
     fault.point("after-fix")
     with runner.step("sweep-after") as st:
-        result.after = _sweep(status, opts.sweep_options())
+        ev = EvidenceOptions(tag="after-", emulation_chain=chain)
+        result.after = _sweep(status, opts.sweep_options(evidence=ev))
         st.detail = result.after.verdict.code
     result.verdict = verdict_for(result.before, result.after, opts.method, opts.emulated)
 
@@ -329,8 +335,10 @@ def _port_mtu(
         for df in ("do", "dont"):
             name = f"sweep brnf={'on' if brnf else 'off'} df={df}"
             with runner.step(name) as st:
-                r = _sweep(status, opts.sweep_options(df=df))
+                ev = EvidenceOptions(tag=f"brnf-{'on' if brnf else 'off'}-df-{df}-")
+                r = _sweep(status, opts.sweep_options(df=df, evidence=ev))
                 runs[(brnf, df)] = r
+                result.matrix_results.append((f"brnf {'on' if brnf else 'off'}, DF {df}", r))
                 st.detail = _edge(r)
             result.matrix.append(
                 {"bridge_netfilter": brnf, "df": df, "sweep": r.to_json(), "edge": _edge(r)}
@@ -393,4 +401,12 @@ def explain_port_mtu(
         code = "brnf-no-difference"
     parts[-1] += "."
     parts.append("No ICMP error comes back in any case: a bridge drops silently.")
+    named = [
+        f"bridge-netfilter {'on' if brnf else 'off'}, DF {df}: {culprit}"
+        for (brnf, df), r in runs.items()
+        for rep in r.evidence[:1]
+        if (culprit := rep.failing.culprit())
+    ]
+    if named:
+        parts.append("The kernel dropped the first failing size in " + "; ".join(named) + ".")
     return {"code": code, "text": " ".join(parts)}

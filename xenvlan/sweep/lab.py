@@ -8,10 +8,12 @@ import libvirt
 
 from xenvlan import lab
 from xenvlan.errors import SpecError
+from xenvlan.evidence.lab import cite_kernel, sweep_evidence
 from xenvlan.guest import vlan
 from xenvlan.guest.session import GuestSession
 from xenvlan.sweep.ping import GuestProber
 from xenvlan.sweep.search import SweepOptions, SweepResult, run_sweep
+from xenvlan.sweep.verdict import Verdict
 from xenvlan.virt import connection as hv
 
 PATHS = ("vlan", "mgmt")
@@ -41,7 +43,7 @@ def sweep_pair(
         (g.host_port, g.host_port_mtu) for g in status.guests if g.host_port and g.host_port_mtu
     ]
     prober = GuestProber(session, dst_ip, df=opts.df)
-    return run_sweep(
+    result = run_sweep(
         prober,
         opts,
         src=f"{src_name} ({_ip(src.vlan_ip) if opts.path == 'vlan' else src.mgmt_ip})",
@@ -50,6 +52,15 @@ def sweep_pair(
         vlan=opts.path == "vlan",
         host_ports=ports,
     )
+    if opts.evidence is not None and result.smallest_failing is not None:
+        result.evidence = sweep_evidence(
+            status, result.transitions, prober, src_name, dst_name, path=opts.path,
+            opts=opts.evidence,
+        )  # fmt: skip
+        result.verdict = Verdict(
+            result.verdict.code, cite_kernel(result.verdict.text, result.evidence)
+        )
+    return result
 
 
 def lab_status(conn: libvirt.virConnect, choice: hv.Choice, name: str | None) -> lab.LabStatus:

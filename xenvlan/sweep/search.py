@@ -50,6 +50,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from xenvlan import fault
 from xenvlan.errors import SpecError
+from xenvlan.evidence.lab import EvidenceOptions
+from xenvlan.evidence.model import EdgeReport
 from xenvlan.sweep.ping import DF_MODES, IP_ICMP_HEADER, MAX_PAYLOAD, Counts, PingResult
 from xenvlan.sweep.verdict import SizeStat, Transition, Verdict, aggregate, decide
 
@@ -104,6 +106,7 @@ class SweepOptions:
     count: int = 3
     df: str | None = None
     path: str = "vlan"
+    evidence: EvidenceOptions | None = None  # replay each cliff with the kernel watching
 
     def validate(self) -> None:
         """Raise :class:`SpecError` naming the bad field."""
@@ -143,6 +146,7 @@ class SweepResult:
     timeout_s: float | None = None
     exact: bool = True
     stats: dict[int, SizeStat] = field(default_factory=dict, repr=False)
+    evidence: list[EdgeReport] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document of issue 3, section 6."""
@@ -170,7 +174,7 @@ class SweepResult:
                 for s in self.samples
             ],
             "verdict": {"code": self.verdict.code, "text": self.verdict.text},
-        }
+        } | ({"evidence": [e.to_json() for e in self.evidence]} if self.evidence else {})
 
 
 def coarse_grid(lo: int, hi: int, mtu: int | None = None) -> list[int]:
