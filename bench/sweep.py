@@ -101,12 +101,13 @@ def _compare(
 
 def _reexec_in_sandbox() -> None:
     """Inside a running sandbox's namespace the lab's addresses are reachable: go there."""
+    from xenvlan.host import netns
     from xenvlan.host.sandbox import netns as sandbox
 
     state = sandbox.load_state()
-    if state is None or sandbox.current_netns_is(state.netns):
+    if state is None or netns.current_is(state.netns):
         return
-    if not (sandbox.NETNS_DIR / state.netns).exists():
+    if not (netns.NETNS_DIR / state.netns).exists():
         return
     argv = ["ip", "netns", "exec", state.netns, sys.executable, *sys.argv]
     os.execvp("ip", argv)

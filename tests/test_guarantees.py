@@ -23,7 +23,8 @@ import pytest
 
 from xenvlan.guest import vlan
 from xenvlan.guest.session import GuestSession
-from xenvlan.sweep.ping import CommandResult, GuestProber
+from xenvlan.guest.shell import CommandResult
+from xenvlan.sweep.ping import GuestProber
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = "from xenvlan.cli import main; main()"

@@ -18,6 +18,7 @@ from tests.conftest import Built, needs_build
 from xenvlan.errors import ImageError
 from xenvlan.guest.image.apt import fetch_argv
 from xenvlan.guest.image.build import ensure_image
+from xenvlan.host import netns as host_netns
 from xenvlan.host.sandbox import netns as sandbox
 
 
@@ -115,7 +116,7 @@ def _child(netns: str, env: dict[str, str], origin: bool) -> str:
     """Run PROBE inside `netns`; with `origin`, hand it this namespace as the CLI re-exec does."""
     fds: tuple[int, ...] = ()
     if origin:
-        fd = sandbox.origin_netns_handle()
+        fd = host_netns.inheritable_handle()
         env = env | {sandbox.ORIGIN_NETNS_FD_ENV: str(fd)}
         fds = (fd,)
     try:

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from xenvlan.errors import ImageError
+from xenvlan.errors import GuestError
 from xenvlan.guest.keys import (
     ClientKey,
     HostKey,
@@ -58,14 +58,14 @@ def test_client_key_is_reused(tmp_path: Path) -> None:
 
 def test_corrupt_client_key_is_an_image_error(tmp_path: Path) -> None:
     (tmp_path / "id_ed25519").write_text("garbage\n")
-    with pytest.raises(ImageError, match="cannot read client key"):
+    with pytest.raises(GuestError, match="cannot read client key"):
         ensure_client_key(tmp_path)
 
 
 def test_public_pkey_rejects_other_types() -> None:
-    with pytest.raises(ImageError):
+    with pytest.raises(GuestError):
         public_pkey("ssh-rsa AAAAB3NzaC1yc2E")
-    with pytest.raises(ImageError):
+    with pytest.raises(GuestError):
         public_pkey("ssh-ed25519 !!!notbase64")
 
 
@@ -90,7 +90,7 @@ def test_host_key_files(tmp_path: Path) -> None:
     assert hk.public_openssh in out
     other = generate_host_key(tmp_path / "lab", "g2")
     assert other.public_openssh != hk.public_openssh
-    with pytest.raises(ImageError):
+    with pytest.raises(GuestError):
         generate_host_key(tmp_path, "../evil")
 
 

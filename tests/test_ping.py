@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from xenvlan.errors import GuestError, SpecError
+from xenvlan.guest.shell import CommandResult
 from xenvlan.sweep.ping import (
     DETECT_COMMAND,
-    CommandResult,
     GuestProber,
     PingResult,
     PingTool,

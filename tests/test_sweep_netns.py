@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from xenvlan.sweep.ping import CommandResult, GuestProber
+from xenvlan.guest.shell import CommandResult
+from xenvlan.sweep.ping import GuestProber
 from xenvlan.sweep.search import SweepOptions, SweepResult, run_sweep
 
 pytestmark = pytest.mark.netns

@@ -16,7 +16,7 @@ import pytest
 
 from xenvlan.errors import GuestError
 from xenvlan.guest import vlan
-from xenvlan.sweep.ping import CommandResult
+from xenvlan.guest.shell import CommandResult
 
 DATA = Path(__file__).parent / "data" / "vlan"
 ADDR = ipaddress.IPv4Interface("11.11.4.2/24")

@@ -4,6 +4,7 @@ no password reaches a guest."""
 from __future__ import annotations
 
 import stat
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,7 +161,7 @@ def _check_no_password_auth(env: Env, ip: str) -> None:
         t.close()
         """
     )
-    res = env.in_netns("python3", "-c", code)
+    res = env.in_netns(sys.executable, "-c", code)
     assert res.returncode == 0, res.stderr
     assert "ALLOWED ['publickey']" in res.stdout, res.stdout
     assert "PASSWORD REFUSED" in res.stdout, res.stdout

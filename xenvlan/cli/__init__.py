@@ -57,17 +57,18 @@ def _reexec_in_sandbox() -> None:
     skip = not args or args[0] in ("sandbox", "image") or args[0].startswith("-")
     if skip or os.environ.get("XENVLAN_NO_SANDBOX"):
         return
+    from xenvlan.host import netns
     from xenvlan.host.sandbox import netns as sandbox
 
     state = sandbox.load_state()
-    if state is None or not sandbox.netns_inherited():
+    if state is None or not netns.inherited():
         return  # no sandbox, or the caller already chose a namespace (ip netns exec ...)
-    if not (sandbox.NETNS_DIR / state.netns).exists():
+    if not (netns.NETNS_DIR / state.netns).exists():
         return
     argv = ["ip", "netns", "exec", state.netns, sys.executable, "-m", "xenvlan", *args]
     os.environ["XENVLAN_NO_SANDBOX"] = "1"  # never re-exec twice
     # Downloads (the guest image's kernel) run back in this namespace: the sandbox has no route.
-    os.environ[sandbox.ORIGIN_NETNS_FD_ENV] = str(sandbox.origin_netns_handle())
+    os.environ[sandbox.ORIGIN_NETNS_FD_ENV] = str(netns.inheritable_handle())
     os.execvp("ip", argv)
 
 

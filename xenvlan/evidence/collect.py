@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from xenvlan.evidence.key import TrafficKey
 from xenvlan.evidence.model import EdgeEvidence, EdgeReport, Emulation
 from xenvlan.evidence.trace import count_drops, parse_trace, select
 from xenvlan.host.journal import HostJournal
+from xenvlan.host.run import run
 
 Replay = Callable[[int, int], object]
 """Send `probes` echo requests of payload `size` from the sender (result ignored)."""
@@ -59,11 +59,8 @@ def chain_hits(chain: str, netns: str | None = None) -> int | None:
         return None
     argv = [exe, "-w", "5", "-t", "filter", "-L", chain, "-v", "-x", "-n"]
 
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-    res = in_netns(netns, run)
-    if res.returncode != 0:
+    res = in_netns(netns, lambda: run(argv))
+    if not res.ok:
         return None
     rows = [ln.split() for ln in res.stdout.splitlines()[2:]]
     return sum(int(r[0]) for r in rows if r and r[0].isdigit())

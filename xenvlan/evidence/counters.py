@@ -1,65 +1,26 @@
 """Read-only counters: per-port link stats (netlink) and IP fragment counters (/proc/net/snmp).
 
 Both act on the calling process's network namespace, or on a named one (``/run/netns/NAME``)
-joined by a short-lived thread (setns affects only the calling thread).
+joined by a short-lived thread (`host.netns.run_in`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pyroute2 import IPRoute
-
 from xenvlan.errors import HostChangeError
+from xenvlan.host import netns
+from xenvlan.host.netlink import open_netlink
 
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = Path("/run/netns")
 SNMP_KEYS = ("ReasmReqds", "ReasmOKs", "ReasmFails", "FragOKs", "FragFails", "FragCreates")
 STAT_KEYS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped", "tx_dropped")
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """`fn()` in network namespace `netns` (None: here), run in a thread that joined it."""
-    if netns is None:
-        return fn()
-    box: dict[str, T | BaseException] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(NETNS_DIR / netns, os.O_RDONLY)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
-            box["ok"] = fn()
-        except BaseException as exc:
-            box["err"] = exc
-
-    t = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if "err" in box:
-        err = box["err"]
-        assert isinstance(err, BaseException)
-        if isinstance(err, OSError):
-            raise HostChangeError(f"network namespace {netns}: {err.strerror or err}") from None
-        raise err
-    return box["ok"]  # type: ignore[return-value]
+in_netns = netns.run_in
 
 
 @dataclass(frozen=True)
@@ -78,7 +39,7 @@ class PortStats:
 
 def _port_stats(ports: Iterable[str]) -> dict[str, PortStats]:
     out: dict[str, PortStats] = {}
-    with IPRoute() as ipr:
+    with open_netlink() as ipr:
         for port in ports:
             links = ipr.link("get", ifname=port)
             if not links:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 from xenvlan.errors import HostChangeError
 from xenvlan.evidence.key import TrafficKey
 from xenvlan.host.journal import HostJournal, JournalEntry
+from xenvlan.host.run import run
 
 TRACEFS = Path("/sys/kernel/tracing")
 KIND_MOUNT = "tracefs_mount"
@@ -79,22 +79,18 @@ def find_tracefs() -> Path | None:
 
 
 def _mount(path: Path) -> None:
-    res = subprocess.run(
-        ["mount", "-t", "tracefs", "nodev", str(path)], capture_output=True, text=True, check=False
-    )
-    if res.returncode != 0:
-        msg = (res.stderr or res.stdout).strip().splitlines()
-        raise TracingUnavailable(f"cannot mount tracefs on {path}: {msg[-1] if msg else 'failed'}")
+    res = run(["mount", "-t", "tracefs", "nodev", str(path)])
+    if not res.ok:
+        raise TracingUnavailable(f"cannot mount tracefs on {path}: {res.last_line()}")
 
 
 def _umount(path: Path, mnt_ns_of: int | None = None) -> None:
     argv = ["umount", str(path)]
     if mnt_ns_of is not None:
         argv = ["nsenter", f"--mount=/proc/{mnt_ns_of}/ns/mnt", "--", *argv]
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        msg = (res.stderr or res.stdout).strip().splitlines()
-        raise HostChangeError(f"cannot unmount tracefs {path}: {msg[-1] if msg else 'failed'}")
+    res = run(argv)
+    if not res.ok:
+        raise HostChangeError(f"cannot unmount tracefs {path}: {res.last_line()}")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from xenvlan.errors import ImageError
+from xenvlan.errors import GuestError
 from xenvlan.host.run import run_checked
 from xenvlan.paths import ensure_private_dir
 
@@ -66,9 +66,9 @@ def ensure_client_key(directory: Path) -> ClientKey:
         try:
             loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
         except (ValueError, TypeError, OSError) as e:
-            raise ImageError(f"cannot read client key {path}: {e}") from e
+            raise GuestError(f"cannot read client key {path}: {e}") from e
         if not isinstance(loaded, Ed25519PrivateKey):
-            raise ImageError(f"client key {path} is not an Ed25519 key")
+            raise GuestError(f"client key {path} is not an Ed25519 key")
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         key = loaded
@@ -90,17 +90,23 @@ def ensure_client_key(directory: Path) -> ClientKey:
 def generate_host_key(directory: Path, name: str) -> HostKey:
     """Generate a fresh Ed25519 dropbear host key `<directory>/<name>_ed25519_host_key`."""
     if not name or "/" in name or name.startswith("."):
-        raise ImageError(f"invalid host key name {name!r}")
+        raise GuestError(f"invalid host key name {name!r}")
     ensure_private_dir(directory)
     dest = directory / f"{name}_ed25519_host_key"
     with tempfile.TemporaryDirectory(dir=directory, prefix=".hostkey.") as tmp:
         tmp_key = Path(tmp) / "key"
         # dropbearkey creates the file itself (mode 0600) and refuses to overwrite.
-        run_checked(["dropbearkey", "-t", "ed25519", "-f", str(tmp_key)], "dropbearkey -t ed25519")
-        out = run_checked(["dropbearkey", "-y", "-f", str(tmp_key)], "dropbearkey -y")
+        run_checked(
+            ["dropbearkey", "-t", "ed25519", "-f", str(tmp_key)],
+            "dropbearkey -t ed25519",
+            error=GuestError,
+        )
+        out = run_checked(
+            ["dropbearkey", "-y", "-f", str(tmp_key)], "dropbearkey -y", error=GuestError
+        )
         public = next((ln for ln in out.splitlines() if ln.startswith("ssh-ed25519 ")), None)
         if public is None:
-            raise ImageError("dropbearkey -y printed no ssh-ed25519 public key")
+            raise GuestError("dropbearkey -y printed no ssh-ed25519 public key")
         tmp_key.chmod(0o600)
         os.replace(tmp_key, dest)
     # Keep only "type base64": dropbear appends "user@host" as a comment.
@@ -112,15 +118,15 @@ def load_pkey(path: Path) -> paramiko.PKey:
     try:
         return paramiko.Ed25519Key.from_private_key_file(str(path))
     except (OSError, paramiko.SSHException) as e:
-        raise ImageError(f"cannot load client key {path}: {e}") from e
+        raise GuestError(f"cannot load client key {path}: {e}") from e
 
 
 def public_pkey(public_openssh: str) -> paramiko.PKey:
     """A paramiko public key from an "ssh-ed25519 AAAA..." line, for pinning host keys."""
     parts = public_openssh.split()
     if len(parts) < 2 or parts[0] != "ssh-ed25519":
-        raise ImageError(f"not an ssh-ed25519 public key: {public_openssh[:40]!r}")
+        raise GuestError(f"not an ssh-ed25519 public key: {public_openssh[:40]!r}")
     try:
         return paramiko.Ed25519Key(data=base64.b64decode(parts[1], validate=True))
     except (ValueError, paramiko.SSHException) as e:
-        raise ImageError(f"bad ssh-ed25519 public key: {e}") from e
+        raise GuestError(f"bad ssh-ed25519 public key: {e}") from e

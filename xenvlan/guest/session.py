@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import paramiko
 
 from xenvlan.errors import GuestError
-from xenvlan.sweep.ping import CommandResult
+from xenvlan.guest.shell import CommandResult
 
 MAX_INLINE_COMMAND = 4096
 
@@ -138,7 +138,7 @@ class GuestSession:
         return res.stdout
 
     def __call__(self, command: str, *, timeout: float) -> CommandResult:
-        """A Runner: lets probes run commands through this session."""
+        """A GuestShell: lets probes run commands through this session."""
         return self.run(command, timeout=timeout)
 
     def close(self) -> None:

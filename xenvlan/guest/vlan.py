@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenvlan.errors import GuestError
-from xenvlan.sweep.ping import CommandResult
+from xenvlan.guest.shell import CommandResult
 
 Run = Callable[..., CommandResult]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import shlex
 import shutil
-import subprocess
 from dataclasses import dataclass
 
 from xenvlan.errors import HostChangeError
 from xenvlan.host.journal import HostJournal, JournalEntry
+from xenvlan.host.run import Ran, run
 
 KIND = "iptables_chain"
 
@@ -23,17 +23,16 @@ def chain_name(lab: str) -> str:
     return "XENVLAN-" + hashlib.sha256(lab.encode()).hexdigest()[:8]
 
 
-def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
+def _iptables(*args: str) -> Ran:
     exe = shutil.which("iptables")
     if exe is None:
         raise HostChangeError("iptables is not installed (apt-get install iptables)")
-    return subprocess.run([exe, "-w", "5", *args], capture_output=True, text=True, check=False)
+    return run([exe, "-w", "5", *args])
 
 
-def _check(res: subprocess.CompletedProcess[str], what: str) -> None:
-    if res.returncode != 0:
-        msg = (res.stderr or res.stdout).strip().splitlines()
-        raise HostChangeError(f"iptables {what}: {msg[-1] if msg else 'failed'}")
+def _check(res: Ran, what: str) -> None:
+    if not res.ok:
+        raise HostChangeError(f"iptables {what}: {res.last_line()}")
 
 
 def chain_exists(chain: str, table: str = "filter") -> bool:

@@ -10,13 +10,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xenvlan.errors import HostChangeError
+from xenvlan.host.netlink import open_netlink
+from xenvlan.host.run import run
 from xenvlan.host.sysctl import BRIDGE_KNOBS, bridge_sysctl_dir, read_bridge_knobs, read_value
 
 WATCHED_MODULES: tuple[str, ...] = (
@@ -169,10 +170,8 @@ def _port_kind(name: str, kind: str | None, tun_type: int | None) -> str:
 
 def read_links(sys: Path = Path("/sys"), lab_ports: Mapping[str, str] | None = None) -> list[Link]:
     """Every link of this namespace via netlink; bridge knobs via sysfs (netlink fallback)."""
-    from pyroute2 import IPRoute
-
     lab_ports = lab_ports or {}
-    with IPRoute() as ipr:
+    with open_netlink() as ipr:
         msgs = list(ipr.get_links())
     names = {int(m["index"]): str(m.get("IFLA_IFNAME")) for m in msgs}
     links: list[Link] = []
@@ -266,8 +265,8 @@ def run_nft_ruleset() -> dict[str, Any] | None:
     """`nft -j list ruleset`, or None when nft is missing or fails."""
     if shutil.which("nft") is None:
         return None
-    done = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True)
-    if done.returncode != 0:
+    done = run(["nft", "-j", "list", "ruleset"])
+    if not done.ok:
         return None
     try:
         data = json.loads(done.stdout)
@@ -283,8 +282,8 @@ def run_iptables_nat(proc: Path = Path("/proc")) -> str | None:
         return None
     for tool in ("iptables-legacy-save", "iptables-save"):
         if shutil.which(tool):
-            done = subprocess.run([tool, "-t", "nat"], capture_output=True, text=True)
-            if done.returncode == 0:
+            done = run([tool, "-t", "nat"])
+            if done.ok:
                 return done.stdout
     return "*nat\n"
 

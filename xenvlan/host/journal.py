@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from typing import Any
 
 from xenvlan import paths
 from xenvlan.errors import BusyError, HostChangeError
-from xenvlan.host.netlink import link_mtu
+from xenvlan.host.netlink import link_mtu, set_link_mtu
 from xenvlan.host.netns import NetnsIdentity, current_netns
+from xenvlan.host.run import Ran, run
 from xenvlan.host.sysctl import read_value, write_value
 
 FORMAT_VERSION = 1
@@ -385,27 +385,20 @@ def revert_sysctl(entry: JournalEntry) -> str:
 
 
 def revert_link_mtu(entry: JournalEntry) -> str:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     now = link_mtu(entry.key)
     if now is None:
         return "gone"
     if now == int(entry.original):
         return "unchanged"
-    try:
-        with IPRoute() as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname=entry.key)[0], mtu=int(entry.original))
-    except NetlinkError as exc:
-        raise HostChangeError(f"cannot restore MTU of {entry.key}: {exc}") from exc
+    set_link_mtu(entry.key, int(entry.original))
     return "restored"
 
 
-def _nft(*args: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(["nft", *args], capture_output=True, text=True, check=False)
-    except FileNotFoundError as exc:
-        raise HostChangeError("nft is not installed") from exc
+def _nft(*args: str) -> Ran:
+    done = run(["nft", *args])
+    if done.returncode == 127:
+        raise HostChangeError("nft is not installed")
+    return done
 
 
 def _nft_table_exists(family: str, name: str) -> bool:
@@ -417,9 +410,8 @@ def revert_nft_table(entry: JournalEntry) -> str:
     if not _nft_table_exists(family, name):
         return "gone"
     done = _nft("delete", "table", family, name)
-    if done.returncode != 0:
-        msg = done.stderr.strip().splitlines()[0] if done.stderr.strip() else "failed"
-        raise HostChangeError(f"cannot delete nft table {entry.key}: {msg}")
+    if not done.ok:
+        raise HostChangeError(f"cannot delete nft table {entry.key}: {done.last_line()}")
     return "removed"
 
 

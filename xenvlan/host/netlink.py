@@ -1,16 +1,45 @@
-"""Small netlink reads of host links (pyroute2), in the current network namespace."""
+"""Netlink (pyroute2) in the current network namespace: the one place that opens IPRoute."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from xenvlan.errors import HostChangeError
+
+
+@contextmanager
+def open_netlink() -> Iterator[IPRoute]:
+    """A netlink socket of this namespace, closed after the block."""
+    with IPRoute() as ipr:
+        yield ipr
+
+
+def set_link_mtu(ifname: str, mtu: int) -> None:
+    """Set a host link's MTU (callers journal the original first)."""
+    try:
+        with open_netlink() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu)
+    except (NetlinkError, IndexError) as exc:
+        raise HostChangeError(f"setting MTU {mtu} on {ifname}: {exc}") from None
+
+
+def link_mtus() -> dict[str, int]:
+    """Every link's MTU, by name."""
+    with open_netlink() as ipr:
+        return {
+            str(link.get_attr("IFLA_IFNAME")): int(link.get_attr("IFLA_MTU"))
+            for link in ipr.get_links()
+        }
+
 
 def _link_attrs(ifname: str, *attrs: str) -> dict[str, Any] | None:
     """The named IFLA_* attributes of one link, or None when it does not exist here."""
-    with IPRoute() as ipr:
+    with open_netlink() as ipr:
         try:
             links = ipr.link("get", ifname=ifname)
         except NetlinkError:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
+from xenvlan.host.netlink import link_mtus
+from xenvlan.host.run import run
 
 COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
 
@@ -23,7 +23,7 @@ def _read(path: Path) -> str | None:
 def _run(argv: list[str]) -> str:
     if shutil.which(argv[0]) is None:
         return f"({argv[0]} not installed)"
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
+    res = run(argv)
     lines = [ln for ln in res.stdout.splitlines() if not ln.startswith("#")]
     return COUNTERS.sub("", "\n".join(lines))
 
@@ -37,11 +37,7 @@ def snapshot(journal_dir: Path | None = None) -> dict[str, Any]:
     bridges: dict[str, dict[str, str | None]] = {}
     for br in sorted(Path("/sys/class/net").glob("*/bridge")):
         bridges[br.parent.name] = {k.name: _read(k) for k in sorted(br.glob("nf_call_*"))}
-    with IPRoute() as ipr:
-        mtus = {
-            str(link.get_attr("IFLA_IFNAME")): int(link.get_attr("IFLA_MTU"))
-            for link in ipr.get_links()
-        }
+    mtus = link_mtus()
     jdir = journal_dir or default_journal_dir()
     return {
         "bridge_sysctls": sysctls,

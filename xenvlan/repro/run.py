@@ -8,7 +8,6 @@ carry the lab's name: after a kill -9, `xenvlan down` reverts them and removes t
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from xenvlan.evidence.lab import EvidenceOptions
 from xenvlan.host import firewall
 from xenvlan.host import snapshot as hoststate
 from xenvlan.host.journal import HostJournal, on_behalf_of
+from xenvlan.host.netns import current_netns
 from xenvlan.repro import scenarios as scenario
 from xenvlan.repro.scenarios import HostChange
 from xenvlan.spec import LabSpec
@@ -131,7 +131,7 @@ class ReproResult:
         }
 
 
-class Runner:
+class StepRecorder:
     """Runs the steps, timing each and reporting progress."""
 
     def __init__(self, result: ReproResult, progress: Progress) -> None:
@@ -204,7 +204,7 @@ def environment(choice: hv.Choice, conn: libvirt.virConnect, emulated: bool) -> 
         "domain_type": choice.domain_type,
         "hypervisor_reason": choice.reason,
         "emulated": emulated,
-        "netns_inode": os.stat("/proc/self/ns/net").st_ino,
+        "netns_inode": current_netns().inode,
     }
 
 
@@ -230,7 +230,7 @@ def run(spec: LabSpec, opts: ReproOptions, progress: Progress) -> ReproResult:
             lab=spec.name,
             environment=environment(choice, conn, opts.emulated),
         )
-        runner = Runner(result, progress)
+        runner = StepRecorder(result, progress)
         try:
             with runner.step("up") as st:
                 if reused:
@@ -250,7 +250,11 @@ def run(spec: LabSpec, opts: ReproOptions, progress: Progress) -> ReproResult:
 
 
 def _experiment(
-    conn: libvirt.virConnect, choice: hv.Choice, spec: LabSpec, opts: ReproOptions, runner: Runner
+    conn: libvirt.virConnect,
+    choice: hv.Choice,
+    spec: LabSpec,
+    opts: ReproOptions,
+    runner: StepRecorder,
 ) -> None:
     result = runner.result
     status = labsweep.lab_status(conn, choice, spec.name)
@@ -286,7 +290,10 @@ def _sweep(status: lab_mod.LabStatus, opts: SweepOptions) -> SweepResult:
 
 
 def _fix_cycle(
-    status: lab_mod.LabStatus, opts: ReproOptions, runner: Runner, ports: list[tuple[str, int]]
+    status: lab_mod.LabStatus,
+    opts: ReproOptions,
+    runner: StepRecorder,
+    ports: list[tuple[str, int]],
 ) -> None:
     result = runner.result
     if opts.scenario == "legacy-vlan":
@@ -313,7 +320,10 @@ def _fix_cycle(
 
 
 def _port_mtu(
-    status: lab_mod.LabStatus, opts: ReproOptions, runner: Runner, ports: list[tuple[str, int]]
+    status: lab_mod.LabStatus,
+    opts: ReproOptions,
+    runner: StepRecorder,
+    ports: list[tuple[str, int]],
 ) -> None:
     """Lower b's port MTU; sweep DF set/cleared with bridge-netfilter on/off; explain."""
     result = runner.result

@@ -12,11 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from xenvlan.errors import HostChangeError
-from xenvlan.host import firewall
+from xenvlan.host import firewall, netlink
 from xenvlan.host.journal import HostJournal
 from xenvlan.host.netlink import link_mtu
 from xenvlan.host.sysctl import read_value, write_value
@@ -68,11 +65,7 @@ def set_link_mtu(journal: HostJournal, ifname: str, mtu: int, why: str) -> HostC
         raise HostChangeError(f"no link named {ifname}")
     journal.record_link_mtu(ifname, note=why)
     if before != mtu:
-        try:
-            with IPRoute() as ipr:
-                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=mtu)
-        except (NetlinkError, IndexError) as exc:
-            raise HostChangeError(f"setting MTU {mtu} on {ifname}: {exc}") from None
+        netlink.set_link_mtu(ifname, mtu)
     return HostChange(f"MTU of {ifname}", str(before), str(mtu), why)
 
 

@@ -12,9 +12,10 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 from xenvlan.errors import GuestError, SpecError
+from xenvlan.guest.shell import GuestShell
 
 Impl = Literal["iputils", "busybox"]
 DfMode = Literal["want", "do", "dont"]
@@ -29,21 +30,6 @@ MAX_PAYLOAD = 65507
 IPUTILS_FRACTIONAL_W = 20200821
 # Until iputils 20210202 a non-root user could not go below a 200 ms interval.
 IPUTILS_USER_2MS = 20210202
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """Outcome of one shell command run in a guest (or a namespace)."""
-
-    exit_status: int
-    stdout: str
-    stderr: str
-
-
-class Runner(Protocol):
-    """Runs a ``/bin/sh`` command line in the guest and returns its result."""
-
-    def __call__(self, command: str, *, timeout: float) -> CommandResult: ...
 
 
 @dataclass(frozen=True)
@@ -314,7 +300,7 @@ class GuestProber:
 
     def __init__(
         self,
-        run: Runner,
+        run: GuestShell,
         dst: str,
         *,
         impl: str | None = None,

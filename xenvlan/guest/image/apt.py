@@ -30,12 +30,14 @@ def resolve_kernel_package(override: str | None = None) -> tuple[str, str]:
     """(package, candidate version) of the concrete kernel image package."""
     pkg = override
     if pkg is None:
-        out = run_checked(["apt-cache", "depends", KERNEL_METAPACKAGE], "apt-cache depends")
+        out = run_checked(
+            ["apt-cache", "depends", KERNEL_METAPACKAGE], "apt-cache depends", error=ImageError
+        )
         found = re.findall(r"Depends:\s+(linux-image-\S+)", out)
         if not found:
             raise ImageError(f"apt-cache depends {KERNEL_METAPACKAGE}: no linux-image dependency")
         pkg = found[0]
-    out = run_checked(["apt-cache", "policy", pkg], f"apt-cache policy {pkg}")
+    out = run_checked(["apt-cache", "policy", pkg], f"apt-cache policy {pkg}", error=ImageError)
     m = re.search(r"Candidate:\s*(\S+)", out)
     if not m or m.group(1) == "(none)":
         raise ImageError(f"kernel package {pkg} has no installable candidate (apt-get update?)")
@@ -47,6 +49,7 @@ def host_package_versions(packages: tuple[str, ...] = USERSPACE_PACKAGES) -> dic
     out = run_checked(
         ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Status}\n", *packages],
         "dpkg-query -W " + " ".join(packages),
+        error=ImageError,
     )
     versions: dict[str, str] = {}
     for line in out.splitlines():
@@ -69,7 +72,7 @@ def download_deb(pkg: str, version: str, debs: Path, progress: Progress | None) 
     say(progress, f"downloading {pkg} {version}")
     with tempfile.TemporaryDirectory(dir=debs, prefix=".dl.") as tmp:
         argv, fds = fetch_argv(["apt-get", "download", f"{pkg}={version}"])
-        run_checked(argv, f"apt-get download {pkg}", cwd=Path(tmp), pass_fds=fds)
+        run_checked(argv, f"apt-get download {pkg}", cwd=Path(tmp), pass_fds=fds, error=ImageError)
         found = list(Path(tmp).glob("*.deb"))
         if len(found) != 1:
             raise ImageError(f"apt-get download {pkg}: expected one .deb, found {len(found)}")

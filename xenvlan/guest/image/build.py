@@ -96,7 +96,9 @@ def _build(
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
         root = Path(tmp)
         say(progress, f"extracting {deb.name}")
-        run_checked(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
+        run_checked(
+            ["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}", error=ImageError
+        )
         moddir = _find_modules_dir(root)
         kver = moddir.name
         vmlinuz = root / "boot" / f"vmlinuz-{kver}"
@@ -105,7 +107,9 @@ def _build(
             raise ImageError(f"kernel package lacks boot/vmlinuz-{kver} or boot/config-{kver}")
         if not (moddir / "modules.dep").exists():
             say(progress, "running depmod")
-            run_checked(["depmod", "-b", str(moddir.parent.parent.parent), kver], "depmod")
+            run_checked(
+                ["depmod", "-b", str(moddir.parent.parent.parent), kver], "depmod", error=ImageError
+            )
         order = module_closure(
             (moddir / "modules.dep").read_text(),
             (moddir / "modules.builtin").read_text()

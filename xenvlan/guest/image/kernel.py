@@ -7,10 +7,11 @@ from __future__ import annotations
 import lzma
 import re
 import struct
-import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+from xenvlan.host.run import run_bytes
 
 #: Kernel config options recorded in the image metadata.
 CONFIG_KEYS: tuple[str, ...] = (
@@ -66,8 +67,7 @@ def decompress_any(data: bytes) -> bytes | None:
         if data[:3] == b"\x5d\x00\x00":
             return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
         if data[:4] == b"\x28\xb5\x2f\xfd":
-            proc = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=False)
-            return proc.stdout or None
+            return run_bytes(["zstd", "-dcq"], data)
     except (lzma.LZMAError, zlib.error, OSError, EOFError):
         return None
     return None

@@ -18,7 +18,7 @@ PING = Path("/usr/bin/ping")
 
 def _ldd(binary: Path) -> list[Path]:
     """Shared libraries + dynamic loader of `binary`, as paths on the host."""
-    out = run_checked(["ldd", str(binary)], f"ldd {binary}")
+    out = run_checked(["ldd", str(binary)], f"ldd {binary}", error=ImageError)
     libs: list[Path] = []
     for line in out.splitlines():
         m = re.search(r"=>\s*(/\S+)", line) or re.match(r"\s*(/\S+)\s+\(", line)
@@ -93,7 +93,9 @@ def add_userspace(t: _Tree) -> None:
     t.file(str(BUSYBOX), BUSYBOX.read_bytes(), 0o755)
     t.copy_binary(DROPBEAR)
     t.copy_binary(PING)
-    applets = run_checked([str(BUSYBOX), "--list-full"], "busybox --list-full").split()
+    applets = run_checked(
+        [str(BUSYBOX), "--list-full"], "busybox --list-full", error=ImageError
+    ).split()
     for applet in applets:
         depth = applet.count("/")
         t.symlink(applet, "../" * depth + str(BUSYBOX).lstrip("/"))

@@ -11,17 +11,18 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xenvlan.errors import HostChangeError, HypervisorError
+from xenvlan.host import netns
+from xenvlan.host.netns import NETNS_DIR
+from xenvlan.host.run import run, run_checked
 from xenvlan.paths import ensure_private_dir, run_dir
 
 DEFAULT_NETNS = "xenvlan-sbx"
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
-NETNS_DIR = Path("/run/netns")
 #: Set on a command re-executed into the sandbox: an inherited fd on the namespace it came from.
 ORIGIN_NETNS_FD_ENV = "XENVLAN_ORIGIN_NETNS_FD"
 
@@ -84,9 +85,7 @@ def socket_alive(path: Path = LIBVIRT_SOCK) -> bool:
 
 
 def _run(argv: list[str]) -> None:
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise HostChangeError(f"{' '.join(argv)}: {res.stderr.strip() or 'failed'}")
+    run_checked(argv, " ".join(argv), error=HostChangeError)
 
 
 def _pid_from(path: Path, deadline: float) -> int:
@@ -211,10 +210,10 @@ def stop() -> list[str]:
     _terminate(state.libvirtd_pid, "libvirtd")
     _terminate(state.virtlogd_pid, "virtlogd")
     if (NETNS_DIR / state.netns).exists():
-        subprocess.run(["ip", "netns", "del", state.netns], check=False, capture_output=True)
+        run(["ip", "netns", "del", state.netns])
         done.append(f"netns {state.netns}")
     for made in reversed(state.made_dirs or []):
-        subprocess.run(["rm", "-rf", "--one-file-system", made], check=False)
+        run(["rm", "-rf", "--one-file-system", made])
     sbx = state_file().parent
     for f in ("state.json", "virtlogd.pid", "libvirtd.pid", "state.tmp"):
         (sbx / f).unlink(missing_ok=True)
@@ -243,46 +242,13 @@ def _clean_libvirt() -> list[str]:
         conn.close()
 
 
-def current_netns_is(netns: str) -> bool:
-    """Whether this process already lives in the named namespace."""
-    try:
-        here = os.stat("/proc/self/ns/net")
-        there = os.stat(NETNS_DIR / netns)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
 def inside_sandbox() -> bool:
     """Whether this process lives in the running sandbox's namespace."""
     state = load_state()
-    return state is not None and current_netns_is(state.netns)
-
-
-def origin_netns_handle() -> int:
-    """An inheritable fd on this process's network namespace, for a re-executed child."""
-    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
-    os.set_inheritable(fd, True)
-    return fd
+    return state is not None and netns.current_is(state.netns)
 
 
 def origin_netns_fd() -> int | None:
     """The inherited fd on the namespace a re-executed command was started in, if any."""
     raw = os.environ.get(ORIGIN_NETNS_FD_ENV, "")
-    if not raw.isdigit():
-        return None
-    try:
-        target = os.readlink(f"/proc/self/fd/{raw}")
-    except OSError:
-        return None
-    return int(raw) if target.startswith("net:[") else None
-
-
-def netns_inherited() -> bool:
-    """Whether this process runs in its parent's network namespace (nobody chose another)."""
-    try:
-        here = os.stat("/proc/self/ns/net")
-        parent = os.stat(f"/proc/{os.getppid()}/ns/net")
-    except OSError:
-        return True
-    return (here.st_dev, here.st_ino) == (parent.st_dev, parent.st_ino)
+    return int(raw) if raw.isdigit() and netns.is_handle(int(raw)) else None
