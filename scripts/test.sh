@@ -11,7 +11,8 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 export XENVLAN_REQUIRE_E2E=1   # on this path a skipped e2e suite is a failure
-echo "== ruff"; "$py" -m ruff check xenvlan tests bench
+echo "== ruff"; "$py" -m ruff check xenvlan tests bench scripts
 echo "== mypy"; "$py" -m mypy
 echo "== pytest"
 "$py" -m pytest -q -p no:cacheprovider "$@"
+echo "== safeguard mutants"; "$py" scripts/mutants.py

@@ -25,6 +25,7 @@ from xenvlan.guest.keys import (
     load_pkey,
     public_pkey,
 )
+from xenvlan.guest.session import GuestAddress, GuestSession
 
 DROPBEAR = Path("/usr/sbin/dropbear")
 
@@ -197,3 +198,21 @@ def test_wrong_pinned_host_key_is_refused(
             )
     finally:
         c.close()
+
+
+# The safeguard itself, through GuestSession (what every lab command uses), not a test client.
+
+
+@needs_dropbear
+def test_guest_session_connects_only_with_the_pinned_host_key(
+    dropbear_server: tuple[int, HostKey, ClientKey], tmp_path: Path
+) -> None:
+    port, host, client = dropbear_server
+    key = load_pkey(client.path)
+    right = GuestSession(GuestAddress("loop", "127.0.0.1", host.public_openssh, port=port), key)
+    with right.connect(10) as s:
+        assert s.check("echo pinned").strip() == "pinned"
+    other = generate_host_key(tmp_path / "other", "other")
+    wrong = GuestSession(GuestAddress("loop", "127.0.0.1", other.public_openssh, port=port), key)
+    with pytest.raises(GuestError, match="not the pinned one"):
+        wrong.connect(5)

@@ -101,7 +101,7 @@ def spec_to_dict(s: spec.LabSpec) -> dict[str, Any]:
     ]
     if s.image.kernel is not None and s.image.initrd is not None:
         d["image"] = {"kernel": str(s.image.kernel), "initrd": str(s.image.initrd)}
-    d["timeouts"] = {"define": s.timeouts.define, "boot": s.timeouts.boot, "ssh": s.timeouts.ssh}
+    d["timeouts"] = {"boot": s.timeouts.boot, "ssh": s.timeouts.ssh}
     return d
 
 

@@ -74,7 +74,6 @@ class ImageSpec:
 class TimeoutSpec:
     """Deadlines per readiness phase, in seconds."""
 
-    define: float = 30.0
     boot: float = 120.0
     ssh: float = 30.0
 
@@ -181,9 +180,8 @@ def from_dict(data: dict[str, Any]) -> LabSpec:
         raise SpecError("image: give both kernel and initrd, or neither")
 
     t = _table(data.get("timeouts", {}), "timeouts")
-    _keys(t, "timeouts.", {"define", "boot", "ssh"})
+    _keys(t, "timeouts.", {"boot", "ssh"})
     timeouts = TimeoutSpec(
-        define=_seconds(t.get("define", 30.0), "timeouts.define"),
         boot=_seconds(t.get("boot", 120.0), "timeouts.boot"),
         ssh=_seconds(t.get("ssh", 30.0), "timeouts.ssh"),
     )

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-_METHOD_HELP = "call-iptables (default), call-all, vlan-tagged or bridge"
+from xenvlan.host.fix import DEFAULT_METHOD, METHOD_CHOICES
+
+_METHOD_HELP = f"{METHOD_CHOICES} (default {DEFAULT_METHOD})"
 
 
 def _show(original: object) -> str:
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
     @fix.command("apply")
     def apply_cmd(
-        method: Annotated[str, typer.Option("--method", "-m", help=_METHOD_HELP)] = "call-iptables",
+        method: Annotated[str, typer.Option("--method", "-m", help=_METHOD_HELP)] = DEFAULT_METHOD,
         bridge: Annotated[
             str | None, typer.Option("--bridge", help="Bridge for --method bridge (virbr0).")
         ] = None,

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from xenvlan.sweep.ping import IP_ICMP_HEADER
 from xenvlan.sweep.search import SweepResult
-from xenvlan.sweep.verdict import SizeStat, aggregate
+from xenvlan.sweep.verdict import SizeStat, SweepCode, aggregate
 
 STRIP_WIDTH = 64
 
@@ -80,7 +80,7 @@ def render_sweep(result: SweepResult) -> RenderableType:
         + ("" if result.exact else "  [not exact: round limit hit]"),
         style="dim",
     )
-    style = "green" if result.verdict.code == "no-cliff" else "bold yellow"
+    style = "green" if result.verdict.code is SweepCode.NO_CLIFF else "bold yellow"
     verdict = Text.assemble((f"{result.verdict.code}: ", style), result.verdict.text)
     parts: list[RenderableType] = [head]
     if result.transitions:

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from xenvlan.cli.common import err, load_lab, out, print_json, progress
 from xenvlan.cli.render import render_sweep
+from xenvlan.errors import HostChangeError
+from xenvlan.host.fix import DEFAULT_METHOD, METHOD_CHOICES
 from xenvlan.lock import lab_lock
 from xenvlan.repro import run as repro
 from xenvlan.sweep.ping import IP_ICMP_HEADER
@@ -62,9 +64,13 @@ def render(result: repro.ReproResult) -> None:
         )
     )
     out.print("  steps: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in result.steps))
-    code = result.verdict.get("code", "?")
-    style = "green" if code in ("cliff-removed", "brnf-refragments") else "yellow"
-    out.print(f"[bold {style}]{esc(code)}[/]: {esc(result.verdict.get('text', ''))}")
+    v = result.verdict
+    good = v is not None and v.code in (
+        repro.ReproCode.CLIFF_REMOVED,
+        repro.ReproCode.BRNF_REFRAGMENTS,
+    )
+    style = "green" if good else "yellow"
+    out.print(f"[bold {style}]{esc(str(v.code) if v else '?')}[/]: {esc(v.text if v else '')}")
 
 
 def _sweeps(result: repro.ReproResult) -> list[tuple[str, SweepResult]]:
@@ -94,9 +100,7 @@ def repro_cmd(
         str | None, typer.Option(help="legacy-vlan: emulate the 2.6.18 cliff.")
     ] = None,
     scenario: Annotated[str, typer.Option(help="host | legacy-vlan | port-mtu.")] = "host",
-    method: Annotated[
-        str, typer.Option(help="Fix: call-iptables | call-all | vlan-tagged | bridge.")
-    ] = "call-iptables",
+    method: Annotated[str, typer.Option(help=f"Fix: {METHOD_CHOICES}.")] = DEFAULT_METHOD,
     lo: Annotated[int | None, typer.Option("--from", help="Smallest payload.")] = None,
     hi: Annotated[int | None, typer.Option("--to", help="Largest payload.")] = None,
     count: Annotated[int, typer.Option(help="Probes per size.")] = 3,
@@ -136,7 +140,7 @@ def repro_cmd(
                     out.print(render_sweep(r))
         render(result)
     if not result.restored:
-        sys.exit(5)
+        sys.exit(HostChangeError.exit_code)  # the host differs from before: a host-change failure
 
 
 def register(app: typer.Typer) -> None:

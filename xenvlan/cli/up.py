@@ -13,6 +13,7 @@ from xenvlan.cli.common import err, load_lab, print_json, progress
 from xenvlan.cli.status import render_status
 from xenvlan.errors import SpecError
 from xenvlan.lock import lab_lock
+from xenvlan.virt.modes import MODE_CHOICES, XEN_MODES
 
 
 def up(
@@ -48,8 +49,8 @@ def up(
     ] = None,
 ) -> None:
     """Define and boot two guests on the bridge and make the VLAN inside them."""
-    if xen_mode not in ("auto", "pv", "pvh", "hvm"):
-        raise SpecError(f"--xen-mode: {xen_mode!r} is not one of auto, pv, pvh, hvm")
+    if xen_mode != "auto" and xen_mode not in XEN_MODES:
+        raise SpecError(f"--xen-mode: {xen_mode!r} is not one of {MODE_CHOICES}")
     if capabilities is not None and not dry_run:
         raise SpecError("--capabilities only goes with --dry-run")
     spec = load_lab(lab_file)

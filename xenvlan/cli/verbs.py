@@ -1,22 +1,11 @@
-"""The list of verb modules; each exposes register(app)."""
+"""The list of verb modules; each exposes register(app). A verb that fails to import is an
+error (never a silently missing command)."""
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
+NAMES = ("sandbox", "image", "up", "status", "ssh", "down", "sweep", "diagnose", "fix", "repro")
 
-def _load() -> list[ModuleType]:
-    import importlib
-
-    names = ["sandbox", "image", "up", "status", "ssh", "down", "sweep", "diagnose", "fix", "repro"]
-    modules = []
-    for name in names:
-        try:
-            modules.append(importlib.import_module(f"xenvlan.cli.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"xenvlan.cli.{name}":
-                raise
-    return modules
-
-
-MODULES = _load()
+MODULES: list[ModuleType] = [importlib.import_module(f"xenvlan.cli.{name}") for name in NAMES]

@@ -70,14 +70,6 @@ def install_chain(journal: HostJournal, lab: str, rules: list[Rule], table: str 
     return chain
 
 
-def chain_rules(chain: str, table: str = "filter") -> list[str]:
-    """The chain's rules as `iptables -S` prints them (empty when absent)."""
-    res = _iptables("-t", table, "-S", chain)
-    if res.returncode != 0:
-        return []
-    return [line for line in res.stdout.splitlines() if line.startswith("-A ")]
-
-
 def revert_chain(entry: JournalEntry) -> str:
     table, chain = entry.key.split(" ", 1)
     if not chain_exists(chain, table):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,18 @@ from xenvlan.host.sysctl import (
     write_value,
 )
 
-DEFAULT_METHOD = "call-iptables"
+
+class FixMethod(StrEnum):
+    """The fixes `fix apply` and `repro` know (see METHODS for what each disables)."""
+
+    CALL_IPTABLES = "call-iptables"
+    CALL_ALL = "call-all"
+    VLAN_TAGGED = "vlan-tagged"
+    BRIDGE = "bridge"
+
+
+DEFAULT_METHOD = FixMethod.CALL_IPTABLES
+METHOD_CHOICES = " | ".join(FixMethod)
 DEFAULT_BRIDGE = "virbr0"
 
 
@@ -41,25 +53,25 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method(
-            "call-iptables",
+            FixMethod.CALL_IPTABLES,
             ("bridge-nf-call-iptables",),
             "iptables filtering (and conntrack defragmentation) of bridged IPv4 traffic "
             "on every bridge in this network namespace",
         ),
         Method(
-            "call-all",
+            FixMethod.CALL_ALL,
             ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"),
             "iptables, ip6tables and arptables processing of all bridged traffic "
             "in this network namespace (libvirt's recommendation for virtualization hosts)",
         ),
         Method(
-            "vlan-tagged",
+            FixMethod.VLAN_TAGGED,
             ("bridge-nf-filter-vlan-tagged",),
             "netfilter processing of 802.1Q-tagged bridged frames (guest-tagged VLAN traffic "
             "is no longer filtered or reassembled by iptables/conntrack)",
         ),
         Method(
-            "bridge",
+            FixMethod.BRIDGE,
             (),
             "iptables filtering of bridged IPv4 traffic on one bridge only "
             "(per-bridge nf_call_iptables; OR-ed with the global sysctl)",

@@ -107,11 +107,10 @@ def up(spec: LabSpec, opts: UpOptions, progress: Progress = noop) -> LabStatus:
     progress(f"hypervisor {choice.uri}, domain type {choice.domain_type}: {choice.reason}")
     try:
         check_conflicts(conn, spec)
-        made_anything = True
         try:
             status = _up(conn, choice, spec, opts, timer, progress)
         except BaseException:
-            if made_anything and not opts.keep_on_error:
+            if not opts.keep_on_error:
                 progress("rolling back: removing everything this `up` made")
                 with signals.deferred():
                     try:

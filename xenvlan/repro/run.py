@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import libvirt
@@ -24,6 +25,7 @@ from xenvlan.errors import HostChangeError, SpecError
 from xenvlan.evidence.lab import EvidenceOptions
 from xenvlan.host import firewall
 from xenvlan.host import snapshot as hoststate
+from xenvlan.host.fix import DEFAULT_METHOD
 from xenvlan.host.journal import HostJournal, on_behalf_of
 from xenvlan.host.netns import current_netns
 from xenvlan.repro import scenarios as scenario
@@ -43,7 +45,7 @@ class ReproOptions:
     """What `repro` runs."""
 
     scenario: str = "host"
-    method: str = "call-iptables"
+    method: str = DEFAULT_METHOD
     lo: int | None = None
     hi: int | None = None
     count: int = 3
@@ -104,7 +106,7 @@ class ReproResult:
     reverted: list[dict[str, Any]] = field(default_factory=list)
     restored: bool = False
     restore_diff: list[str] = field(default_factory=list)
-    verdict: dict[str, str] = field(default_factory=dict)
+    verdict: ReproVerdict | None = None
     steps: list[Step] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -124,7 +126,7 @@ class ReproResult:
             },
             "restored": self.restored,
             "restore_diff": self.restore_diff,
-            "verdict": self.verdict,
+            "verdict": self.verdict.to_json() if self.verdict else {},
             "diagnosis": self.diagnosis,
             "environment": self.environment,
             "timings": {s.name: round(s.seconds, 3) for s in self.steps},
@@ -171,27 +173,48 @@ def _edge(r: SweepResult) -> str:
     )
 
 
+class ReproCode(StrEnum):
+    """What a whole `repro` concluded (not a sweep's code: see `sweep.verdict.SweepCode`)."""
+
+    CLIFF_REMOVED = "cliff-removed"
+    NOTHING_TO_FIX = "nothing-to-fix"
+    CLIFF_NOT_REMOVED = "cliff-not-removed"
+    BRNF_REFRAGMENTS = "brnf-refragments"
+    BRNF_NO_DIFFERENCE = "brnf-no-difference"
+
+
+@dataclass(frozen=True)
+class ReproVerdict:
+    """The run's conclusion and the sentence that states its evidence."""
+
+    code: ReproCode
+    text: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": str(self.code), "text": self.text}
+
+
 def verdict_for(
     before: SweepResult, after: SweepResult, method: str, emulated: bool
-) -> dict[str, str]:
-    """Cliff present and removed / no cliff / not removed, with the evidence."""
+) -> ReproVerdict:
+    """Cliff present and removed / nothing to fix / not removed, with the evidence."""
     tag = " (emulated legacy 2.6.17-2.6.34 behaviour)" if emulated else ""
     if not _cliff(before):
-        return {
-            "code": "no-cliff",
-            "text": f"no cliff before the fix{tag}: {_edge(before)}; nothing for {method} to fix",
-        }
+        return ReproVerdict(
+            ReproCode.NOTHING_TO_FIX,
+            f"no cliff before the fix{tag}: {_edge(before)}; nothing for {method} to fix",
+        )
     if not _cliff(after):
-        return {
-            "code": "cliff-removed",
-            "text": f"cliff present{tag} and removed by the fix {method}: before {_edge(before)}"
+        return ReproVerdict(
+            ReproCode.CLIFF_REMOVED,
+            f"cliff present{tag} and removed by the fix {method}: before {_edge(before)}"
             f" [{before.verdict.code}]; after {_edge(after)}",
-        }
-    return {
-        "code": "cliff-not-removed",
-        "text": f"cliff not removed by the fix {method}{tag}: before {_edge(before)}; after "
+        )
+    return ReproVerdict(
+        ReproCode.CLIFF_NOT_REMOVED,
+        f"cliff not removed by the fix {method}{tag}: before {_edge(before)}; after "
         f"{_edge(after)} [{after.verdict.code}], so something else is at work: see the diagnosis",
-    }
+    )
 
 
 def environment(choice: hv.Choice, conn: libvirt.virConnect, emulated: bool) -> dict[str, Any]:
@@ -360,7 +383,7 @@ def _port_mtu(
 
 def explain_port_mtu(
     runs: dict[tuple[bool, str], SweepResult], port: str, port_mtu: int, sender_mtu: int | None
-) -> dict[str, str]:
+) -> ReproVerdict:
     """What bridge-netfilter changed, read off the four measured sweeps."""
 
     def ip(v: int | None) -> str:
@@ -405,10 +428,10 @@ def explain_port_mtu(
                 f"their largest fragment ({sender_mtu}) exceeds the port MTU, and "
                 "bridge-netfilter refragments only into pieces as large as those it received"
             )
-        code = "brnf-refragments"
+        code = ReproCode.BRNF_REFRAGMENTS
     else:
         parts[-1] += "; bridge-netfilter made no difference in what got through"
-        code = "brnf-no-difference"
+        code = ReproCode.BRNF_NO_DIFFERENCE
     parts[-1] += "."
     parts.append("No ICMP error comes back in any case: a bridge drops silently.")
     named = [
@@ -419,4 +442,4 @@ def explain_port_mtu(
     ]
     if named:
         parts.append("The kernel dropped the first failing size in " + "; ".join(named) + ".")
-    return {"code": code, "text": " ".join(parts)}
+    return ReproVerdict(code, " ".join(parts))

@@ -173,7 +173,7 @@ class SweepResult:
                 }
                 for s in self.samples
             ],
-            "verdict": {"code": self.verdict.code, "text": self.verdict.text},
+            "verdict": self.verdict.to_json(),
         } | ({"evidence": [e.to_json() for e in self.evidence]} if self.evidence else {})
 
 

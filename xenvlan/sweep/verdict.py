@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from xenvlan.sweep.ping import IP_ICMP_HEADER, PingResult
 
-NO_CLIFF = "no-cliff"
-LEGACY_VLAN = "legacy-vlan-double-subtract"
-NO_REFRAG = "no-refrag"
-PATH_MTU = "path-mtu"
-SENDER_MTU = "sender-mtu"
-CLIFF = "cliff"
-NO_CONNECTIVITY = "no-connectivity"
-IRREGULAR = "irregular"
-VERDICT_CODES: tuple[str, ...] = (
-    NO_CLIFF,
-    LEGACY_VLAN,
-    NO_REFRAG,
-    PATH_MTU,
-    SENDER_MTU,
-    CLIFF,
-    NO_CONNECTIVITY,
-    IRREGULAR,
-)
+
+class SweepCode(StrEnum):
+    """What one sweep found (a verdict's machine code)."""
+
+    NO_CLIFF = "no-cliff"
+    LEGACY_VLAN = "legacy-vlan-double-subtract"
+    NO_REFRAG = "no-refrag"
+    PATH_MTU = "path-mtu"
+    SENDER_MTU = "sender-mtu"
+    CLIFF = "cliff"
+    NO_CONNECTIVITY = "no-connectivity"
+    IRREGULAR = "irregular"
+
+
+VERDICT_CODES: tuple[str, ...] = tuple(SweepCode)
 """Every code :func:`decide` can return."""
 
 
@@ -32,8 +30,11 @@ VERDICT_CODES: tuple[str, ...] = (
 class Verdict:
     """A short machine code and a human sentence that states its evidence."""
 
-    code: str
+    code: SweepCode
     text: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": str(self.code), "text": self.text}
 
 
 @dataclass(frozen=True, order=True)
@@ -154,7 +155,7 @@ def decide(
     rs = runs(stats)
     n = len(stats)
     if not rs:
-        return Verdict(NO_CONNECTIVITY, "nothing was probed")
+        return Verdict(SweepCode.NO_CONNECTIVITY, "nothing was probed")
     if all(not ok for _, _, ok in rs):
         sent = sum(s.sent for s in stats.values())
         errs = sorted({e for s in stats.values() for e in s.errors})
@@ -162,16 +163,16 @@ def decide(
         detail = f"; errors: {', '.join(errs)}" if errs else "; no ICMP error came back either"
         local = all(s.local_errors for s in stats.values())
         hint = " (the sender itself could not send)" if local else ""
-        return Verdict(NO_CONNECTIVITY, f"no connectivity{hint}: {what}{detail}")
+        return Verdict(SweepCode.NO_CONNECTIVITY, f"no connectivity{hint}: {what}{detail}")
     if all(ok for _, _, ok in rs):
         return Verdict(
-            NO_CLIFF,
+            SweepCode.NO_CLIFF,
             f"path delivers every size probed: {n} sizes from {min(stats)} to {max(stats)} "
             f"(IP {min(stats) + IP_ICMP_HEADER}..{max(stats) + IP_ICMP_HEADER}) all got replies",
         )
     if len(rs) != 2 or not rs[0][2] or len(transitions) != 1:
         return Verdict(
-            IRREGULAR,
+            SweepCode.IRREGULAR,
             f"{len(transitions)} transitions, not a single cliff: {_fmt_runs(rs)} "
             "(sizes between probes with the same outcome were not all tested)",
         )
@@ -184,26 +185,26 @@ def decide(
     if first.local_errors and any(e.startswith("local: message too long") for e in first.errors):
         why = f" (DF mode {df})" if df else ""
         return Verdict(
-            SENDER_MTU,
+            SweepCode.SENDER_MTU,
             f"the sender refuses IP lengths above {lp_ip}{why}: its own MTU"
             f"{f' {mtu}' if mtu else ''} with DF set, not loss on the path; {ev}",
         )
     frag = next((e for e in first.errors if e.startswith("frag-needed")), None)
     if frag is not None:
         return Verdict(
-            PATH_MTU,
+            SweepCode.PATH_MTU,
             f"a router on the path reported {frag} for IP {ff_ip}; path MTU {lp_ip}"
             f"{_ports_with(host_ports, lp_ip)}; {ev}",
         )
     if mtu is None:
         return Verdict(
-            CLIFF,
+            SweepCode.CLIFF,
             f"cliff: IP lengths up to {lp_ip} pass, {ff_ip} and above fail; the sender MTU is "
             f"unknown, so no signature is matched; {ev}",
         )
     if vlan and ff_ip == mtu + 5:
         return Verdict(
-            LEGACY_VLAN,
+            SweepCode.LEGACY_VLAN,
             f"first failing IP length {ff_ip} = MTU {mtu} + 5 on a VLAN path: matches the "
             "legacy bridge-netfilter VLAN double-subtraction (Linux 2.6.17-2.6.34: reassembled "
             "guest-tagged packets are not refragmented and the length check subtracts the "
@@ -213,21 +214,21 @@ def decide(
         )
     if ff_ip == mtu + 1:
         return Verdict(
-            NO_REFRAG,
+            SweepCode.NO_REFRAG,
             f"first failing IP length {ff_ip} = MTU {mtu} + 1: everything the sender has to "
             "fragment is lost, consistent with reassembly without refragmentation on the path "
             "(2.6.16-style bridge-netfilter) or with fragments being dropped; " + ev,
         )
     if ff_ip <= mtu:
         return Verdict(
-            PATH_MTU,
+            SweepCode.PATH_MTU,
             f"cliff below the sender MTU {mtu}: IP {lp_ip} passes, {ff_ip} fails, so something "
             f"on the path (e.g. a bridge port) limits IP packets to {lp_ip} bytes"
             f"{_ports_with(host_ports, lp_ip)}"
             f"; {ev}",
         )
     return Verdict(
-        CLIFF,
+        SweepCode.CLIFF,
         f"cliff above the sender MTU {mtu} at IP {ff_ip} (MTU + {ff_ip - mtu}), matching no "
         f"known signature; {ev}",
     )

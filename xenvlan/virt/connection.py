@@ -12,6 +12,7 @@ from pathlib import Path
 import libvirt
 
 from xenvlan.errors import HypervisorError, SpecError
+from xenvlan.virt.modes import AUTO_ORDER, MODE_CHOICES, XEN_MODES, XenMode
 from xenvlan.virt.xml import Ownership, read_ownership
 
 XEN_URI = "xen:///system"
@@ -91,9 +92,8 @@ def choose_domain_type(uri: str, caps_xml: str, kvm: tuple[bool, str]) -> tuple[
     raise HypervisorError(f"{uri}: the host offers no usable x86_64 domain type ({sorted(types)})")
 
 
-XEN_MODES = ("pv", "pvh", "hvm")
 #: <os_type> in libxl capabilities -> xenvlan's Xen mode (machines xenpv, xenpvh, xenfv).
-_XEN_OS_TYPES = {"xen": "pv", "linux": "pv", "xenpvh": "pvh", "hvm": "hvm"}
+_XEN_OS_TYPES = {"xen": XenMode.PV, "linux": XenMode.PV, "xenpvh": XenMode.PVH, "hvm": XenMode.HVM}
 
 
 def xen_modes(caps_xml: str) -> set[str]:
@@ -108,7 +108,7 @@ def xen_modes(caps_xml: str) -> set[str]:
         if mode := _XEN_OS_TYPES.get((guest.findtext("os_type") or "").strip()):
             modes.add(mode)
         if any((m.text or "").strip() == "xenpvh" for m in arch.findall("machine")):
-            modes.add("pvh")
+            modes.add(XenMode.PVH)
     return modes
 
 
@@ -118,13 +118,13 @@ def choose_xen_mode(caps_xml: str, requested: str = "auto") -> tuple[str, str]:
     listed = ", ".join(m for m in XEN_MODES if m in offered) or "none"
     if requested != "auto":
         if requested not in XEN_MODES:
-            raise SpecError(f"--xen-mode: {requested!r} is not one of auto, pv, pvh, hvm")
+            raise SpecError(f"--xen-mode: {requested!r} is not one of {MODE_CHOICES}")
         if requested not in offered:
             raise HypervisorError(
                 f"the Xen host offers no {requested} x86_64 guests (offered: {listed})"
             )
         return requested, f"Xen {requested} given with --xen-mode"
-    for mode in ("pvh", "pv", "hvm"):
+    for mode in AUTO_ORDER:
         if mode in offered:
             return mode, f"Xen {mode} auto-selected (offered: {listed})"
     raise HypervisorError("the Xen host offers no x86_64 pv, pvh or hvm guests")

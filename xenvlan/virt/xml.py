@@ -11,6 +11,8 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
+from xenvlan.virt.modes import XEN_MODES
+
 NS = "https://xenvlan.dev/xmlns/lab/1"
 ET.register_namespace("xenvlan", NS)
 
@@ -113,9 +115,7 @@ class DomainXML:
 
     def render(self, template: str | None = None) -> str:
         """The domain XML."""
-        if self.domain_type == "xen" and (
-            self.xen_mode not in ("pv", "pvh", "hvm") or not self.bridge
-        ):
+        if self.domain_type == "xen" and (self.xen_mode not in XEN_MODES or not self.bridge):
             raise ValueError("a xen domain needs xen_mode pv|pvh|hvm and a bridge")
         return render(
             template or self.template(),
