@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from xenvlan.errors import BusyError, HostChangeError
-from xenvlan.host.journal import CRASH_ENV, HostJournal, JournalEntry, register_reverter
+from xenvlan.fault import ENV as FAULT_ENV
+from xenvlan.host.journal import HostJournal, JournalEntry, register_reverter
 from xenvlan.host.netns import current_netns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_kill_between_journal_and_write(tmp_path: Path, knob: Path) -> None:
         "j = HostJournal.open(Path(sys.argv[1])); p = Path(sys.argv[2])\n"
         "j.record_sysctl(p); write_value(p, '0')\n"
     )
-    env = {**os.environ, CRASH_ENV: "after-journal", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, FAULT_ENV: "after-journal:kill", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "j"), str(knob)], env=env)
     assert done.returncode == -signal.SIGKILL
     assert knob.read_text() == "1\n"  # the write never happened

@@ -62,7 +62,7 @@ class NS:
     def __init__(self, name: str, state: Path) -> None:
         self.name = name
         self.env = {**os.environ, "XENVLAN_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
-        self.env.pop("XENVLAN_DOM0_CRASH_AT", None)
+        self.env.pop("XENVLAN_FAULT", None)
 
     def run(
         self, *argv: str, env: dict[str, str] | None = None
@@ -200,7 +200,7 @@ def test_apply_then_revert_restores_everything(lab: NS, method: str) -> None:
 
 def test_kill_9_between_journal_and_write(lab: NS) -> None:
     before = lab.snapshot()
-    env = {**lab.env, "XENVLAN_DOM0_CRASH_AT": "after-journal"}
+    env = {**lab.env, "XENVLAN_FAULT": "after-journal:kill"}
     done = lab.cli("fix", "apply", env=env)
     assert done.returncode in (-9, 137), (done.returncode, done.stderr)
     assert lab.snapshot() == before  # killed before the write

@@ -21,6 +21,7 @@ GATE_ENV = "XENVLAN_FAULT_GATE"
 ACTIONS = ("kill", "int", "term", "error", "wait")
 #: Every point, in the order a `repro` from nothing reaches them.
 POINTS = (
+    "after-journal",  # every journal record: the original is on disk, the change not yet made
     "after-define",
     "after-start",
     "after-vlan",

@@ -1,4 +1,6 @@
-"""One mutating command per lab at a time: an fcntl lock file under the run directory.
+"""File locks: one mutating command per lab at a time (a lock file under the run directory),
+plus the two generic locks the journal (`try_lock`) and the image cache (`waiting_lock`) use.
+
 
 The lock file is removed on release when the lab has no run directory (a refused or rolled-back
 `up`, a `down`), so a command that changed nothing leaves nothing. Removing a lock file races with
@@ -13,10 +15,35 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from xenvlan.errors import BusyError, SpecError
 from xenvlan.paths import ensure_private_dir, lab_dir, run_dir
 from xenvlan.spec import NAME_RE
+
+
+def try_lock(path: Path) -> int | None:
+    """An open fd holding an exclusive lock on `path` (created 0600), or None when another
+    process holds it. The caller closes the fd to release."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` for the block, waiting for whoever holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _still_linked(fd: int, path: os.PathLike[str] | str) -> bool:

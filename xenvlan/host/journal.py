@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
-import signal
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -24,15 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from xenvlan import paths
+from xenvlan import fault, paths
 from xenvlan.errors import BusyError, HostChangeError
 from xenvlan.host.netlink import link_mtu, set_link_mtu
 from xenvlan.host.netns import NetnsIdentity, current_netns
 from xenvlan.host.run import Ran, run
 from xenvlan.host.sysctl import read_value, write_value
+from xenvlan.lock import try_lock
 
 FORMAT_VERSION = 1
-CRASH_ENV = "XENVLAN_DOM0_CRASH_AT"  # test hook: "after-journal" -> SIGKILL self right there
 
 
 @dataclass
@@ -90,11 +88,6 @@ def register_reverter(kind: str, reverter: Reverter) -> None:
 def default_journal_dir() -> Path:
     """`paths.state_dir()/journal` (XENVLAN_STATE_DIR overrides the state dir)."""
     return paths.state_dir() / "journal"
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -170,12 +163,9 @@ class HostJournal:
             paths.ensure_private_dir(path.parent)
         except OSError as exc:
             raise HostChangeError(f"cannot create {path.parent}: {exc.strerror}") from exc
-        lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(lock_fd)
-            raise BusyError(f"journal {path} is locked by another xenvlan process") from exc
+        lock_fd = try_lock(path.with_name(path.name + ".lock"))
+        if lock_fd is None:
+            raise BusyError(f"journal {path} is locked by another xenvlan process")
         try:
             loaded = cls.load(path)
             if loaded is not None:
@@ -229,7 +219,7 @@ class HostJournal:
         except OSError as exc:
             self.entries.pop()
             raise HostChangeError(f"cannot write journal {self.path}: {exc.strerror}") from exc
-        _crash_point("after-journal")
+        fault.point("after-journal")
         return True
 
     def record_sysctl(self, path: Path, note: str = "") -> str:

@@ -8,7 +8,6 @@ cpio overlay by `write_guest_initrd`. Offline, a cached image or kernel deb stan
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import json
@@ -19,8 +18,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,6 +35,7 @@ from xenvlan.guest.image.kernel import (
 from xenvlan.guest.image.modules import MODULES, module_closure, read_module
 from xenvlan.guest.image.rootfs import add_userspace, base_tree
 from xenvlan.host.run import run_checked
+from xenvlan.lock import waiting_lock
 from xenvlan.paths import cache_dir
 
 BUILDER_VERSION = "1"
@@ -68,17 +67,6 @@ def image_key(inputs: dict[str, object]) -> str:
 
 
 # --------------------------------------------------------------------------- build
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _find_modules_dir(root: Path) -> Path:
@@ -209,7 +197,7 @@ def ensure_image(
     final = root / key
     if not force and (img := _load(final)) is not None:
         return img
-    with _locked(root / ".build.lock"):
+    with waiting_lock(root / ".build.lock"):
         if not force and (img := _load(final)) is not None:
             return img  # built by someone else while we waited
         # We hold the build lock: leftovers of a killed build are stale.
