@@ -37,15 +37,33 @@ def _host_state(env: Env) -> dict[str, str]:
     }
 
 
+TRACE_STATE = (
+    "mount -t tracefs nodev /sys/kernel/tracing && cd /sys/kernel/tracing && ls instances"
+    " && cat tracing_on current_tracer set_event events/skb/kfree_skb/enable"
+)
+
+
+def _trace_state() -> str:
+    """The kernel's global tracing state, read in a private mount namespace of the test's own."""
+    res = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", TRACE_STATE],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
 def test_repro_emulated_legacy_vlan(sandbox: Env, tmp_path: Path) -> None:
     env = sandbox
     env.xjson("up")  # repro reuses a running lab, so the host state can be read around it
     try:
+        trace_before = _trace_state()
         before = _host_state(env)
         report = tmp_path / "repro.html"
         res = env.xenvlan("repro", "--emulate", "legacy-vlan", "--json", "--report", str(report))
         doc = json.loads(res.stdout)
         after = _host_state(env)
+        trace_after = _trace_state()
     finally:
         env.xenvlan("down")
     assert doc["scenario"] == "legacy-vlan" and doc["emulated"] is True
@@ -66,6 +84,21 @@ def test_repro_emulated_legacy_vlan(sandbox: Env, tmp_path: Path) -> None:
     assert set(doc["timings"]) >= {"up", "sweep-before", "fix", "sweep-after", "revert"}
     # Checked independently of xenvlan's own snapshot.
     assert after == before
+    assert trace_after == trace_before, "the kernel's global tracing state changed"
+    # Where the packet died, from the kernel: the emulation's rule, never the real old bug.
+    (edge,) = doc["before"]["evidence"]
+    fail, ok = edge["failing"], edge["passing"]
+    assert (fail["size"], fail["ip_length"], ok["size"]) == (1477, 1505, 1476)
+    assert fail["traced"] is True, edge["notice"]
+    assert any(d["reason"] == "NETFILTER_DROP" and d["count"] > 0 for d in fail["drops"])
+    assert "standing in for br_dev_queue_push_xmit of 2.6.17-2.6.34" in fail["culprit"]
+    assert fail["ip"].get("IpReasmOKs", 0) > 0, "conntrack reassembled the fragments"
+    assert ok["culprit"] is None
+    capture = Path(fail["capture"])
+    assert capture.is_relative_to(tmp_path / "repro-captures"), "captures are kept by the report"
+    assert capture.read_bytes()[:4] == b"\x0a\x0d\x0d\x0a", "not a pcapng file"
+    assert "br_dev_queue_push_xmit" in doc["before"]["verdict"]["text"]
+    assert not doc["after"].get("evidence"), "nothing fails after the fix: nothing to replay"
     _check_report(report, tmp_path)
 
 
@@ -110,6 +143,10 @@ def test_repro_port_mtu_explained(sandbox: Env) -> None:
     assert doc["verdict"]["code"] == "brnf-refragments"
     assert "refragmented" in doc["verdict"]["text"]
     assert doc["restored"] is True
+    # The kernel names the plain bridge's drop: the port MTU check of br_dev_queue_push_xmit.
+    (edge,) = edges[(False, "do")]["evidence"]
+    assert edge["failing"]["culprit"] == "br_dev_queue_push_xmit", edge
+    assert "br_dev_queue_push_xmit" in doc["verdict"]["text"]
 
 
 def _check_report(report: Path, tmp_path: Path) -> None:
@@ -142,7 +179,9 @@ def _check_report(report: Path, tmp_path: Path) -> None:
     dom = res.stdout
     assert res.returncode == 0, res.stderr[-500:]
     # The browser parsed the page: the charts and their series are in the rendered DOM.
-    assert dom.count("<svg") == 2
+    assert dom.count('class="chart"') == 2
+    assert dom.count('class="path"') >= 2, "the drop point is drawn for the failing edge"
+    assert "standing in for" in dom
     assert dom.count('class="series"') >= 4
     assert 'id="restored">yes<' in dom
     assert "cliff-removed" in dom

@@ -119,8 +119,16 @@ def repro_cmd(
         if scenario not in ("host", "legacy-vlan"):
             raise SpecError("--emulate legacy-vlan and --scenario port-mtu exclude each other")
         scenario = "legacy-vlan"
+    captures = report.with_name(f"{report.stem}-captures") if report is not None else None
     opts = repro.ReproOptions(
-        scenario=scenario, method=method, lo=lo, hi=hi, count=count, port_mtu=port_mtu, keep=keep
+        scenario=scenario,
+        method=method,
+        lo=lo,
+        hi=hi,
+        count=count,
+        port_mtu=port_mtu,
+        keep=keep,
+        capture_dir=captures,
     )
     opts.validate()
     spec = load_lab(lab_file)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from xenvlan import paths
@@ -33,6 +34,7 @@ class EvidenceOptions:
     tag: str = ""  # file-name prefix of the captures (``before-``, ``after-``)
     emulation_chain: str | None = None  # the legacy-vlan emulation's iptables chain
     capture: bool = True
+    capture_dir: Path | None = None  # where the pcapng files go; default the lab's run dir
 
 
 class _Prober(Protocol):
@@ -90,7 +92,7 @@ def sweep_evidence(
         in_port=src.host_port,
         out_port=dst.host_port,
         key=key,
-        run_dir=paths.lab_dir(status.lab),
+        run_dir=opts.capture_dir or paths.lab_dir(status.lab),
         src_ip=_addr(src, path) or None,
         dst_ip=_addr(dst, path) or None,
         emulation=Emulation(opts.emulation_chain) if opts.emulation_chain else None,

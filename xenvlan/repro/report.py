@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +155,7 @@ def _path_svg(title: str, ev: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _evidence_html(series: list[tuple[str, dict[str, Any]]]) -> str:
+def _evidence_html(series: list[tuple[str, dict[str, Any]]], base: Path | None) -> str:
     """Per sweep and edge: the path picture and the one-line summaries, with the captures."""
     esc = html.escape
     out: list[str] = []
@@ -170,7 +171,11 @@ def _evidence_html(series: list[tuple[str, dict[str, Any]]]) -> str:
                     out.append(f"<p class='ev'>{esc(ev['summary'])}</p>")
                 if ev.get("capture"):
                     cap = str(ev["capture"])
-                    out.append(f"<p><small>capture: <code>{esc(cap)}</code></small></p>")
+                    href = os.path.relpath(cap, base) if base is not None else Path(cap).as_uri()
+                    out.append(
+                        f'<p><small>capture (pcapng): <a href="{esc(href)}">{esc(cap)}</a>'
+                        "</small></p>"
+                    )
             if rep.get("notice"):
                 out.append(f"<p><small>{esc(rep['notice'])}</small></p>")
     if not out:
@@ -178,8 +183,8 @@ def _evidence_html(series: list[tuple[str, dict[str, Any]]]) -> str:
     return "".join(out)
 
 
-def render_html(result: ReproResult) -> str:
-    """The report as one HTML string."""
+def render_html(result: ReproResult, base: Path | None = None) -> str:
+    """The report as one HTML string (capture links relative to `base`, the report's folder)."""
     doc = result.to_json()
     series: list[tuple[str, dict[str, Any]]] = []
     if doc["matrix"]:
@@ -260,7 +265,7 @@ svg.path text {{ font-size: 11px; }} svg.path .drop {{ font-weight: bold; }}
 {_chart(series, zlo, zhi, False, f"around the boundary ({zlo}..{zhi})")}
 {_chart(series, lo, hi, True, f"full range ({lo}..{hi})")}
 <h2>Where the packet dies</h2>
-<div id="evidence">{_evidence_html(series)}</div>
+<div id="evidence">{_evidence_html(series, base)}</div>
 <h2>Boundaries</h2>
 <table><tr><th>sweep</th><th>largest passing</th><th>IP</th><th>smallest failing</th><th>IP</th>
 <th>verdict</th><th>evidence</th></tr>{"".join(rows)}</table>
@@ -276,6 +281,6 @@ svg.path text {{ font-size: 11px; }} svg.path .drop {{ font-weight: bold; }}
 def write_report(result: ReproResult, path: Path) -> Path:
     """Write the report atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(result), encoding="utf-8")
+    tmp.write_text(render_html(result, path.parent), encoding="utf-8")
     tmp.replace(path)
     return path

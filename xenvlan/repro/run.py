@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -51,6 +52,9 @@ class ReproOptions:
     count: int = 3
     port_mtu: int = 1400
     keep: bool = False
+    #: Where the evidence captures go (kept after `down`); None: the lab's run dir, which a
+    #: torn-down lab takes with it. `--report F.html` puts them in `F-captures/`.
+    capture_dir: Path | None = None
 
     @property
     def emulated(self) -> bool:
@@ -325,7 +329,7 @@ def _fix_cycle(
         fault.point("after-emulate")
     chain = firewall.chain_name(status.lab) if opts.emulated else None
     with runner.step("sweep-before") as st:
-        ev = EvidenceOptions(tag="before-", emulation_chain=chain)
+        ev = EvidenceOptions(tag="before-", emulation_chain=chain, capture_dir=opts.capture_dir)
         result.before = _sweep(status, opts.sweep_options(evidence=ev))
         st.detail = result.before.verdict.code
     bridge = status.bridge if opts.method == "bridge" else None
@@ -336,7 +340,7 @@ def _fix_cycle(
         st.detail = "; ".join(f"{c.name} {c.before} -> {c.after}" for c in rep.changes)
     fault.point("after-fix")
     with runner.step("sweep-after") as st:
-        ev = EvidenceOptions(tag="after-", emulation_chain=chain)
+        ev = EvidenceOptions(tag="after-", emulation_chain=chain, capture_dir=opts.capture_dir)
         result.after = _sweep(status, opts.sweep_options(evidence=ev))
         st.detail = result.after.verdict.code
     result.verdict = verdict_for(result.before, result.after, opts.method, opts.emulated)
@@ -368,7 +372,9 @@ def _port_mtu(
         for df in ("do", "dont"):
             name = f"sweep brnf={'on' if brnf else 'off'} df={df}"
             with runner.step(name) as st:
-                ev = EvidenceOptions(tag=f"brnf-{'on' if brnf else 'off'}-df-{df}-")
+                ev = EvidenceOptions(
+                    tag=f"brnf-{'on' if brnf else 'off'}-df-{df}-", capture_dir=opts.capture_dir
+                )
                 r = _sweep(status, opts.sweep_options(df=df, evidence=ev))
                 runs[(brnf, df)] = r
                 result.matrix_results.append((f"brnf {'on' if brnf else 'off'}, DF {df}", r))
