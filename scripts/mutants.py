@@ -9,6 +9,7 @@ checkout, and run the tests that guard it. A mutant is *killed* when those tests
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -39,28 +40,31 @@ MUTANTS = (
         "xenvlan/guest/session.py",
         "client.get_host_keys().add(target, pinned.get_name(), pinned)",
         "client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # MUTANT",
-        ("tests/test_keys.py::test_guest_session_connects_only_with_the_pinned_host_key",),
+        ("tests/guest/test_keys.py::test_guest_session_connects_only_with_the_pinned_host_key",),
     ),
     Mutant(
         "snapshot diff blind (host restored is never checked)",
         "xenvlan/host/snapshot.py",
         "    out: list[str] = []\n",
         "    return []  # MUTANT\n    out: list[str] = []\n",
-        ("tests/test_snapshot.py",),
+        ("tests/host/test_snapshot.py",),
     ),
     Mutant(
         "repro exit 5 dropped",
         "xenvlan/cli/repro.py",
         "sys.exit(HostChangeError.exit_code)",
         "pass  # MUTANT",
-        ("tests/test_snapshot.py::test_repro_exits_5_when_the_host_is_not_restored",),
+        ("tests/host/test_snapshot.py::test_repro_exits_5_when_the_host_is_not_restored",),
     ),
     Mutant(
         "guest commands unquoted (VLAN setup)",
         "xenvlan/guest/vlan.py",
         "    q = shlex.quote\n",
         "    q = str  # MUTANT\n",
-        ("tests/test_guarantees.py::test_vlan_commands_do_not_break_out", "tests/test_vlan.py"),
+        (
+            "tests/test_guarantees.py::test_vlan_commands_do_not_break_out",
+            "tests/guest/test_vlan.py",
+        ),
         occurrences=2,
     ),
     Mutant(
@@ -75,21 +79,23 @@ MUTANTS = (
         "xenvlan/virt/connection.py",
         'if own and own.kind == "domain" and (lab is None or own.lab == lab):',
         'if own and own.kind == "domain":  # MUTANT',
-        ("tests/test_lab_unit.py",),
+        ("tests/lab/test_lab.py",),
     ),
     Mutant(
         "journal revert restores nothing",
         "xenvlan/host/journal.py",
         "    write_value(path, str(entry.original))\n",
         "    pass  # MUTANT\n",
-        ("tests/test_dom0_journal.py",),
+        ("tests/host/test_journal.py",),
     ),
     Mutant(
         "kernel download inside the sandbox namespace",
         "xenvlan/guest/image/apt.py",
         "    if fd is not None:\n",
         "    if False:  # MUTANT\n",
-        ("tests/test_image_offline.py::test_fetch_runs_in_the_namespace_the_command_came_from",),
+        (
+            "tests/guest/test_image_offline.py::test_fetch_runs_in_the_namespace_the_command_came_from",
+        ),
     ),
     Mutant(
         "tracing instance left behind",
@@ -101,7 +107,41 @@ MUTANTS = (
 )
 
 
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def _tracing_mounted() -> bool:
+    return any(line.split()[4] == str(TRACEFS) for line in open("/proc/self/mountinfo"))
+
+
+def _restore_tracing(was_mounted: bool, instances: set[str]) -> None:
+    """A mutant with its safeguard off leaves what the safeguard removes: remove it here."""
+    if not _tracing_mounted():
+        return
+    for inst in (TRACEFS / "instances").glob("xenvlan-*"):
+        if inst.name not in instances:
+            for rel in ("events/skb/kfree_skb/enable", "events/enable", "set_event_pid"):
+                with contextlib.suppress(OSError):
+                    (inst / rel).write_text("0" if rel != "set_event_pid" else "")
+            try:
+                inst.rmdir()
+            except OSError as exc:
+                print(f"mutants: cannot remove {inst}: {exc}", file=sys.stderr)
+    if not was_mounted:
+        subprocess.run(["umount", str(TRACEFS)], check=False)
+
+
 def run_mutant(m: Mutant, python: str) -> tuple[bool, float, str]:
+    """(killed, seconds, note), with whatever the mutant left on the host removed after it."""
+    was_mounted = _tracing_mounted()
+    instances = {p.name for p in (TRACEFS / "instances").glob("*")} if was_mounted else set[str]()
+    try:
+        return _run_mutant(m, python)
+    finally:
+        _restore_tracing(was_mounted, instances)
+
+
+def _run_mutant(m: Mutant, python: str) -> tuple[bool, float, str]:
     """(killed, seconds, note) for one mutant, in a scratch copy of the checkout."""
     with tempfile.TemporaryDirectory(prefix="xenvlan-mutant.") as tmp:
         root = Path(tmp)

@@ -38,7 +38,8 @@ def _host_state(env: Env) -> dict[str, str]:
 
 
 TRACE_STATE = (
-    "mount -t tracefs nodev /sys/kernel/tracing && cd /sys/kernel/tracing && ls instances"
+    "{ mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; }"
+    " && cd /sys/kernel/tracing && ls instances"
     " && cat tracing_on current_tracer set_event events/skb/kfree_skb/enable"
 )
 

@@ -16,8 +16,6 @@ from xenvlan.errors import HostChangeError
 from xenvlan.host.fix import DEFAULT_METHOD, METHOD_CHOICES
 from xenvlan.lock import lab_lock
 from xenvlan.repro import run as repro
-from xenvlan.sweep.ping import IP_ICMP_HEADER
-from xenvlan.sweep.search import SweepResult
 
 
 def render(result: repro.ReproResult) -> None:
@@ -25,22 +23,12 @@ def render(result: repro.ReproResult) -> None:
     tag = " [bold magenta](EMULATED legacy-vlan)[/]" if result.emulated else ""
     out.print(f"[bold]xenvlan repro[/] scenario {result.scenario}{tag} — lab {result.lab}")
     t = Table(show_edge=False)
-    for col in ("", "largest passing", "IP", "smallest failing", "IP", "verdict"):
+    for col in ("", *repro.BOUNDARY_COLUMNS):
         t.add_column(col)
-
-    if result.matrix:
-        for m in result.matrix:
-            name = f"brnf {'on' if m['bridge_netfilter'] else 'off'}, DF {m['df']}"
-            t.add_row(name, *_cells(m["sweep"]))
-    else:
-        for name, r in (
-            ("before fix", result.before),
-            (f"after {result.fix_method}", result.after),
-        ):
-            if r is not None:
-                t.add_row(name, *_cells(r.to_json()))
+    for name, sweep in result.sweeps():
+        t.add_row(esc(name), *repro.boundary_cells(sweep))
     out.print(t)
-    for label, sweep in _sweeps(result):
+    for label, sweep in result.sweeps():
         for rep in sweep.evidence:
             for line in rep.lines():
                 out.print(f"  kernel, {esc(label)}: {esc(line)}")
@@ -71,25 +59,6 @@ def render(result: repro.ReproResult) -> None:
     )
     style = "green" if good else "yellow"
     out.print(f"[bold {style}]{esc(str(v.code) if v else '?')}[/]: {esc(v.text if v else '')}")
-
-
-def _sweeps(result: repro.ReproResult) -> list[tuple[str, SweepResult]]:
-    """(label, sweep) of every sweep the run made, in the table's order."""
-    if result.matrix_results:
-        return list(result.matrix_results)
-    named = (("before fix", result.before), (f"after {result.fix_method}", result.after))
-    return [(name, r) for name, r in named if r is not None]
-
-
-def _cells(sweep: dict) -> list[str]:  # type: ignore[type-arg]
-    lp, sf = sweep["largest_passing"], sweep["smallest_failing"]
-    return [
-        str(lp) if lp is not None else "-",
-        str(lp + IP_ICMP_HEADER) if lp is not None else "-",
-        str(sf) if sf is not None else "-",
-        str(sf + IP_ICMP_HEADER) if sf is not None else "-",
-        sweep["verdict"]["code"],
-    ]
 
 
 def repro_cmd(

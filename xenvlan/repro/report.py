@@ -7,12 +7,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from xenvlan.sweep.ping import IP_ICMP_HEADER
-
-if TYPE_CHECKING:
-    from xenvlan.repro.run import ReproResult
+from xenvlan.repro.run import BOUNDARY_COLUMNS, ReproResult, boundary_cells
 
 W, H, PAD = 760, 260, 48
 COLORS = ("#c62828", "#2e7d32", "#1565c0", "#ef6c00")
@@ -207,16 +204,14 @@ def render_html(result: ReproResult, base: Path | None = None) -> str:
         if doc["emulated"]
         else ""
     )
-    rows = []
-    for name, s in series:
-        lp, sf = s["largest_passing"], s["smallest_failing"]
-        rows.append(
-            f"<tr><td>{esc(name)}</td><td>{lp if lp is not None else '-'}</td>"
-            f"<td>{lp + IP_ICMP_HEADER if lp is not None else '-'}</td>"
-            f"<td>{sf if sf is not None else '-'}</td>"
-            f"<td>{sf + IP_ICMP_HEADER if sf is not None else '-'}</td>"
-            f"<td>{esc(s['verdict']['code'])}</td><td>{esc(s['verdict']['text'])}</td></tr>"
-        )
+    rows = [
+        "<tr><td>"
+        + esc(name)
+        + "</td>"
+        + "".join(f"<td>{esc(c)}</td>" for c in boundary_cells(sweep))
+        + f"<td>{esc(sweep.verdict.text)}</td></tr>"
+        for name, sweep in result.sweeps()
+    ]
     changes = [
         f"<li>setup: {esc(c['what'])}: {esc(c['before'])} &rarr; {esc(c['after'])} "
         f"<small>({esc(c['why'])})</small></li>"
@@ -267,8 +262,8 @@ svg.path text {{ font-size: 11px; }} svg.path .drop {{ font-weight: bold; }}
 <h2>Where the packet dies</h2>
 <div id="evidence">{_evidence_html(series, base)}</div>
 <h2>Boundaries</h2>
-<table><tr><th>sweep</th><th>largest passing</th><th>IP</th><th>smallest failing</th><th>IP</th>
-<th>verdict</th><th>evidence</th></tr>{"".join(rows)}</table>
+<table><tr><th>sweep</th>{"".join(f"<th>{c}</th>" for c in BOUNDARY_COLUMNS)}
+<th>why</th></tr>{"".join(rows)}</table>
 <h2>Every change applied and reverted</h2><ul>{"".join(changes)}</ul>
 <h2>Diagnosis</h2><ul>{"".join(findings)}</ul>
 <h2>Environment</h2><table>{env}</table>

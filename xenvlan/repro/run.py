@@ -113,6 +113,13 @@ class ReproResult:
     verdict: ReproVerdict | None = None
     steps: list[Step] = field(default_factory=list)
 
+    def sweeps(self) -> list[tuple[str, SweepResult]]:
+        """(label, sweep) of every sweep the run made, in table order (CLI and report)."""
+        if self.matrix_results:
+            return list(self.matrix_results)
+        named = (("before fix", self.before), (f"after {self.fix_method}", self.after))
+        return [(name, r) for name, r in named if r is not None]
+
     def to_json(self) -> dict[str, Any]:
         """The JSON document of issue 5."""
         return {
@@ -196,6 +203,21 @@ class ReproVerdict:
 
     def to_json(self) -> dict[str, str]:
         return {"code": str(self.code), "text": self.text}
+
+
+BOUNDARY_COLUMNS = ("largest passing", "IP", "smallest failing", "IP", "verdict")
+
+
+def boundary_cells(sweep: SweepResult) -> list[str]:
+    """One sweep's row under BOUNDARY_COLUMNS, the same in the CLI table and the report."""
+    lp, sf = sweep.largest_passing, sweep.smallest_failing
+    return [
+        str(lp) if lp is not None else "-",
+        str(lp + IP_ICMP_HEADER) if lp is not None else "-",
+        str(sf) if sf is not None else "-",
+        str(sf + IP_ICMP_HEADER) if sf is not None else "-",
+        str(sweep.verdict.code),
+    ]
 
 
 def verdict_for(

@@ -26,7 +26,7 @@ from xenvlan.virt.xml import (
     templates_dir,
 )
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 VALIDATE = shutil.which("virt-xml-validate")
 HOSTILE = [
     "</cmdline><devices><disk/>",

@@ -23,7 +23,7 @@ from xenvlan.sweep.ping import (
     ping_argv,
 )
 
-DATA = Path(__file__).parent / "data" / "ping"
+DATA = Path(__file__).parents[1] / "data" / "ping"
 
 
 def recorded(name: str) -> tuple[dict[str, str], str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOST_BRIDGE = Path("/proc/sys/net/bridge")
 _COUNTER = itertools.count()
 DEFAULTS = {

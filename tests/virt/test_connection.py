@@ -20,7 +20,7 @@ from xenvlan.errors import HypervisorError
 from xenvlan.virt import connection as hv
 from xenvlan.virt.xml import NS, Ownership, metadata_element
 
-CAPS = Path(__file__).parent / "data" / "caps"
+CAPS = Path(__file__).parents[1] / "data" / "caps"
 TEST_URI = "test:///default"
 
 CPUINFO_VMX = """processor\t: 0

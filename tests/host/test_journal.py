@@ -16,7 +16,7 @@ from xenvlan.fault import ENV as FAULT_ENV
 from xenvlan.host.journal import HostJournal, JournalEntry, register_reverter
 from xenvlan.host.netns import current_netns
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

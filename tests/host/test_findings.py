@@ -14,7 +14,7 @@ from xenvlan.cli import diagnose as diagnose_cli
 from xenvlan.host import diagnose
 from xenvlan.host.inspect import kernel_info, parse_release, read_conntrack, read_snmp
 
-DATA = Path(__file__).parent / "data" / "dom0"
+DATA = Path(__file__).parents[1] / "data" / "dom0"
 
 
 @pytest.mark.parametrize(

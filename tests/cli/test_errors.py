@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-LABS = Path(__file__).parent / "data" / "labs"
+LABS = Path(__file__).parents[1] / "data" / "labs"
 ENTRY = "from xenvlan.cli import main; main()"
 
 

@@ -18,7 +18,7 @@ from xenvlan.errors import GuestError
 from xenvlan.guest import vlan
 from xenvlan.guest.shell import CommandResult
 
-DATA = Path(__file__).parent / "data" / "vlan"
+DATA = Path(__file__).parents[1] / "data" / "vlan"
 ADDR = ipaddress.IPv4Interface("11.11.4.2/24")
 HOSTILE_PARENTS = ["eth0;reboot", "$(reboot)", "`id`", "a b", "it's", 'q"q', "x\ny", "-rf", "*"]
 

@@ -30,7 +30,7 @@ from xenvlan.virt import connection as hv
 from xenvlan.virt.network import NetInfo
 from xenvlan.virt.xml import read_ownership
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 CAPS = DATA / "caps"
 GOLDEN = DATA / "golden"
 VALIDATE = shutil.which("virt-xml-validate")
