@@ -7,52 +7,19 @@ directories and must still be empty afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Run, run_cli
+
 LABS = Path(__file__).parents[1] / "data" / "labs"
-ENTRY = "from xenvlan.cli import main; main()"
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> dict[str, Path]:
-    d = {name: tmp_path / name for name in ("run", "state", "cache", "home")}
-    for p in d.values():
-        p.mkdir()
-    return d
 
 
 def _xenvlan(dirs: dict[str, Path], *args: str, script: bool = False) -> Run:
-    env = {
-        **os.environ,
-        "XENVLAN_RUN_DIR": str(dirs["run"]),
-        "XENVLAN_STATE_DIR": str(dirs["state"]),
-        "XENVLAN_CACHE_DIR": str(dirs["cache"]),
-        "HOME": str(dirs["home"]),
-        "XDG_CACHE_HOME": str(dirs["home"] / ".cache"),
-        "XDG_STATE_HOME": str(dirs["home"] / ".state"),
-        "XDG_RUNTIME_DIR": str(dirs["run"]),
-        # Any attempt to reach libvirt goes nowhere instead of to a real daemon.
-        "LIBVIRT_DEFAULT_URI": "qemu+unix:///system?socket=/nonexistent/sock",
-        "COLUMNS": "200",
-    }
     exe = shutil.which("xenvlan") if script else None
-    cmd = [exe, *args] if exe else [sys.executable, "-c", ENTRY, *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
-    return Run(res.returncode, res.stdout, res.stderr)
+    return run_cli(dirs, *args, exe=exe, timeout=60)
 
 
 def _assert_one_line_error(r: Run, code: int = 2) -> str:

@@ -11,7 +11,6 @@ import contextlib
 import ipaddress
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -32,37 +31,6 @@ def _dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XENVLAN_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("XENVLAN_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("XENVLAN_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def conn() -> Iterator[libvirt.virConnect]:
-    c = libvirt.open(TEST_URI)
-    default_xml = c.networkLookupByName("default").XMLDesc(0)
-    before_doms = {d.name() for d in c.listAllDomains(0)}
-    before_nets = {n.name() for n in c.listAllNetworks(0)}
-    yield c
-    for d in c.listAllDomains(0):
-        if d.name() not in before_doms:
-            if d.isActive():
-                d.destroy()
-            d.undefine()
-    for n in c.listAllNetworks(0):
-        if n.name() not in before_nets:
-            if n.isActive():
-                n.destroy()
-            if n.isPersistent():
-                n.undefine()
-    default = c.networkLookupByName("default")
-    for host in re.findall(r"<host mac=[^>]*/>", default.XMLDesc(0)):
-        default.update(
-            libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
-            libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-            -1,
-            host,
-            libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG | libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE,
-        )
-    assert default.XMLDesc(0) == default_xml, "a test left the default network changed"
-    c.close()
 
 
 def _uid() -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -182,27 +181,6 @@ def test_open_connection_refused_is_one_clean_error() -> None:
 
 
 # ----------------------------------------------------------------------------- owned objects
-
-
-@pytest.fixture
-def conn() -> Iterator[libvirt.virConnect]:
-    """test:///default is shared within this process: every test removes what it defined."""
-    c = libvirt.open(TEST_URI)
-    before_doms = {d.name() for d in c.listAllDomains(0)}
-    before_nets = {n.name() for n in c.listAllNetworks(0)}
-    yield c
-    for d in c.listAllDomains(0):
-        if d.name() not in before_doms:
-            if d.isActive():
-                d.destroy()
-            d.undefine()
-    for n in c.listAllNetworks(0):
-        if n.name() not in before_nets:
-            if n.isActive():
-                n.destroy()
-            if n.isPersistent():
-                n.undefine()
-    c.close()
 
 
 def _uid() -> str:

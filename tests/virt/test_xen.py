@@ -15,14 +15,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from tests.conftest import Run, run_cli
 from xenvlan.errors import HypervisorError, SpecError
 from xenvlan.lab import plan as plan_mod
 from xenvlan.spec import seed
@@ -34,7 +33,6 @@ DATA = Path(__file__).parents[1] / "data"
 CAPS = DATA / "caps"
 GOLDEN = DATA / "golden"
 VALIDATE = shutil.which("virt-xml-validate")
-ENTRY = "from xenvlan.cli import main; main()"
 LDIR = Path("/run/xenvlan/labs/seed")
 VMLINUX = Path("/var/cache/xenvlan/images/0123456789abcdef/vmlinux")
 BZIMAGE = Path("/var/cache/xenvlan/images/0123456789abcdef/bzImage")
@@ -373,41 +371,8 @@ def test_dry_run_against_an_existing_network_omits_it(run_dir: Path) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> dict[str, Path]:
-    d = {name: tmp_path / name for name in ("run", "state", "cache", "home")}
-    for p in d.values():
-        p.mkdir()
-    return d
-
-
 def _xenvlan(dirs: dict[str, Path], *args: str) -> Run:
-    env = {
-        **os.environ,
-        "XENVLAN_RUN_DIR": str(dirs["run"]),
-        "XENVLAN_STATE_DIR": str(dirs["state"]),
-        "XENVLAN_CACHE_DIR": str(dirs["cache"]),
-        "HOME": str(dirs["home"]),
-        "XDG_RUNTIME_DIR": str(dirs["run"]),
-        "LIBVIRT_DEFAULT_URI": "qemu+unix:///system?socket=/nonexistent/sock",
-        "COLUMNS": "200",
-    }
-    res = subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    return Run(res.returncode, res.stdout, res.stderr)
+    return run_cli(dirs, *args)
 
 
 def _one_line_error(r: Run, code: int) -> str:
