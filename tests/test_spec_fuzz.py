@@ -139,7 +139,7 @@ KNOWN = {
     "network": ["name", "bridge", "subnet"],
     "guest": ["name", "vlan_ip", "memory_mib", "vcpus"],
     "image": ["kernel", "initrd"],
-    "timeouts": ["define", "boot", "ssh"],
+    "timeouts": ["boot", "ssh"],
 }
 keys = st.one_of(st.sampled_from(sorted({k for ks in KNOWN.values() for k in ks})), texts)
 
@@ -375,7 +375,6 @@ def valid_labs(draw: st.DrawFn) -> dict[str, Any]:
             },
         ],
         "timeouts": {
-            "define": draw(st.floats(1, 3600)),
             "boot": float(draw(st.integers(1, 3600))),
             "ssh": draw(st.floats(1, 3600)),
         },
