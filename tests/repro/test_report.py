@@ -43,3 +43,19 @@ def test_captures_are_linked_relative_to_the_report() -> None:
     series = [("before fix", {"evidence": [{"failing": EMULATED, "passing": None}]})]
     page = _evidence_html(series, Path("/tmp"))
     assert 'href="r-captures/evidence/before-1477.pcapng"' in page
+
+
+def test_the_page_renders_escaped_from_its_template() -> None:
+    from xenvlan.repro.report import render_html
+    from xenvlan.repro.run import ReproCode, ReproResult, ReproVerdict
+
+    result = ReproResult(
+        scenario="legacy-vlan", emulated=True, lab="seed",
+        environment={"kernel": "<6.18>"}, restored=True,
+        verdict=ReproVerdict(ReproCode.CLIFF_REMOVED, "a & b"),
+    )  # fmt: skip
+    page = render_html(result)
+    assert page.startswith("<!doctype html>") and "EMULATED" in page
+    assert "&lt;6.18&gt;" in page and "a &amp; b" in page and "<6.18>" not in page
+    assert 'id="restored">yes<' in page
+    assert "No failing edge was replayed" in page

@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from markupsafe import Markup
+
 from xenvlan.repro.run import BOUNDARY_COLUMNS, ReproResult, boundary_cells
 
 W, H, PAD = 760, 260, 48
@@ -181,7 +184,7 @@ def _evidence_html(series: list[tuple[str, dict[str, Any]]], base: Path | None) 
 
 
 def render_html(result: ReproResult, base: Path | None = None) -> str:
-    """The report as one HTML string (capture links relative to `base`, the report's folder)."""
+    """The report as one HTML page (Jinja, autoescaped); capture links relative to `base`."""
     doc = result.to_json()
     series: list[tuple[str, dict[str, Any]]] = []
     if doc["matrix"]:
@@ -196,81 +199,28 @@ def render_html(result: ReproResult, base: Path | None = None) -> str:
     lo = min((s["samples"][0]["size"] for _n, s in series if s["samples"]), default=0)
     hi = max((max(x["size"] for x in s["samples"]) for _n, s in series if s["samples"]), default=1)
     zlo, zhi = _zoom(series)
-    esc = html.escape
-    emu = (
-        '<p class="emulated">EMULATED: this kernel is not itself affected; the legacy '
-        "2.6.17&ndash;2.6.34 drop is emulated through bridge-netfilter + conntrack and one "
-        "commented firewall rule per lab port. The fix removes it for real.</p>"
-        if doc["emulated"]
-        else ""
+    page = _templates().get_template("report.html.j2")
+    return page.render(
+        doc=doc,
+        zoom_chart=Markup(_chart(series, zlo, zhi, False, f"around the boundary ({zlo}..{zhi})")),
+        full_chart=Markup(_chart(series, lo, hi, True, f"full range ({lo}..{hi})")),
+        evidence=Markup(_evidence_html(series, base)),
+        columns=BOUNDARY_COLUMNS,
+        rows=[(name, boundary_cells(sw), sw.verdict.text) for name, sw in result.sweeps()],
+        findings=(doc["diagnosis"] or {}).get("findings", []),
+        data_json=json.dumps(doc),
     )
-    rows = [
-        "<tr><td>"
-        + esc(name)
-        + "</td>"
-        + "".join(f"<td>{esc(c)}</td>" for c in boundary_cells(sweep))
-        + f"<td>{esc(sweep.verdict.text)}</td></tr>"
-        for name, sweep in result.sweeps()
-    ]
-    changes = [
-        f"<li>setup: {esc(c['what'])}: {esc(c['before'])} &rarr; {esc(c['after'])} "
-        f"<small>({esc(c['why'])})</small></li>"
-        for c in doc["fix"]["setup"]
-    ]
-    changes += [
-        f"<li>fix: {esc(c['name'])}: {esc(c['before'])} &rarr; {esc(c['after'])}</li>"
-        for c in doc["fix"]["changes"]
-    ]
-    changes += [
-        f"<li>reverted: {esc(a['kind'])} {esc(a['key'])} &larr; {esc(str(a['original']))} "
-        f"({esc(a['result'])})</li>"
-        for a in doc["fix"]["reverted"]
-    ]
-    findings = [
-        f"<li><b>{esc(f['severity'].upper())}</b> {esc(f['title'])}"
-        f"<br><small>{esc('; '.join(f.get('evidence', [])))}</small>"
-        + (f"<br><i>{esc(f['recommendation'])}</i>" if f.get("recommendation") else "")
-        + "</li>"
-        for f in (doc["diagnosis"] or {}).get("findings", [])
-    ]
-    env = "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in doc["environment"].items()
+
+
+def _templates() -> jinja2.Environment:
+    """The report's template, HTML-autoescaped (the SVG pieces are built escaped)."""
+    folder = Path(__file__).resolve().parent / "templates"
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
     )
-    timings = ", ".join(f"{esc(k)} {v:.1f}s" for k, v in doc["timings"].items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>xenvlan repro: {esc(doc["scenario"])}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; max-width: 60em; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }}
-.emulated {{ background: #fde7f3; border-left: 4px solid #ad1457; padding: .5em 1em; }}
-.verdict {{ font-size: 1.2em; background: #f1f8e9; padding: .5em 1em; }}
-svg.chart text {{ font-size: 11px; fill: #333; }} svg.chart .title {{ font-weight: bold; }}
-svg.chart .axis {{ stroke: #888; }}
-svg.path text {{ font-size: 11px; }} svg.path .drop {{ font-weight: bold; }}
-</style></head><body>
-<h1>xenvlan repro &mdash; scenario {esc(doc["scenario"])}</h1>
-{emu}
-<p class="verdict" id="verdict"><b>{esc(doc["verdict"].get("code", ""))}</b>:
-{esc(doc["verdict"].get("text", ""))}</p>
-<p>Host restored exactly: <b id="restored">{"yes" if doc["restored"] else "NO"}</b>
-{esc("; ".join(doc["restore_diff"]))}</p>
-<h2>Delivered fraction vs payload size</h2>
-{_chart(series, zlo, zhi, False, f"around the boundary ({zlo}..{zhi})")}
-{_chart(series, lo, hi, True, f"full range ({lo}..{hi})")}
-<h2>Where the packet dies</h2>
-<div id="evidence">{_evidence_html(series, base)}</div>
-<h2>Boundaries</h2>
-<table><tr><th>sweep</th>{"".join(f"<th>{c}</th>" for c in BOUNDARY_COLUMNS)}
-<th>why</th></tr>{"".join(rows)}</table>
-<h2>Every change applied and reverted</h2><ul>{"".join(changes)}</ul>
-<h2>Diagnosis</h2><ul>{"".join(findings)}</ul>
-<h2>Environment</h2><table>{env}</table>
-<p><small>steps: {timings}</small></p>
-<script type="application/json" id="data">{esc(json.dumps(doc))}</script>
-</body></html>
-"""
 
 
 def write_report(result: ReproResult, path: Path) -> Path:
