@@ -106,3 +106,14 @@ def test_lab_key_falls_back_to_protocol_only() -> None:
         "first fail IP 1505; the kernel dropped the probes in br_dev_queue_push_xmit"
     )
     assert cite_kernel("x", [EdgeReport(_edge())]) == "x"
+
+
+def test_inside_a_pid_namespace_the_pid_filter_widens_with_a_notice() -> None:
+    from xenvlan.evidence.key import TrafficKey, traceable
+
+    key = TrafficKey(pids=frozenset({4242}), source="qemu")
+    assert traceable(key, initial_pidns=True) == (key, None)
+    widened, notice = traceable(key, initial_pidns=False)
+    assert widened.pids == frozenset() and widened.protocols == key.protocols
+    assert notice is not None and "PID namespace" in notice
+    assert traceable(TrafficKey(), initial_pidns=False)[1] is None, "nothing to widen"

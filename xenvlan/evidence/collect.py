@@ -19,7 +19,7 @@ from xenvlan.errors import XenvlanError
 from xenvlan.evidence import tracefs
 from xenvlan.evidence.capture import Frame, PortCapture, ipv4_of
 from xenvlan.evidence.counters import counter_delta, in_netns, ip_counters, port_stats
-from xenvlan.evidence.key import TrafficKey
+from xenvlan.evidence.key import TrafficKey, traceable
 from xenvlan.evidence.model import EdgeEvidence, EdgeReport, Emulation
 from xenvlan.evidence.trace import count_drops, parse_trace, select
 from xenvlan.host.journal import HostJournal
@@ -86,13 +86,14 @@ def _tracing(
 ) -> Iterator[tuple[tracefs.TraceInstance | None, str | None]]:
     """The lab's instance (or None and the one-line reason), removed on exit."""
     with contextlib.ExitStack() as stack:
+        key, widened = traceable(plan.key)
         try:
             j = journal or stack.enter_context(HostJournal.open())
-            inst = stack.enter_context(tracefs.kfree_skb_instance(j, plan.lab, plan.key))
+            inst = stack.enter_context(tracefs.kfree_skb_instance(j, plan.lab, key))
         except XenvlanError as exc:
             yield None, f"kernel drops not traced: {exc}"
             return
-        yield inst, None
+        yield inst, widened
 
 
 def _window(

@@ -10,6 +10,7 @@ forwards them runs in softirq, so ``ksoftirqd/*`` and the idle task (pid 0) are 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,6 +45,36 @@ class TrafficKey:
     def to_json(self) -> dict[str, object]:
         """As JSON."""
         return {"protocols": list(self.protocols), "pids": sorted(self.pids), "source": self.source}
+
+
+#: The inode of the initial PID namespace (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+PROC_PID_INIT_INO = 0xEFFFFFFC
+
+
+def in_initial_pid_namespace(ns: Path = Path("/proc/self/ns/pid")) -> bool:
+    """Whether our pids are the kernel's own: the tracer's pid filter only knows those."""
+    try:
+        return os.stat(ns).st_ino == PROC_PID_INIT_INO
+    except OSError:
+        return True
+
+
+def traceable(
+    key: TrafficKey, *, initial_pidns: bool | None = None
+) -> tuple[TrafficKey, str | None]:
+    """The key the tracer can apply from here, and a one-line notice when it had to widen it.
+
+    Inside a PID namespace (a container) the lab's pids are not the ids the tracer filters on:
+    the filter falls back to the protocols, i.e. every drop of the replay window.
+    """
+    initial = in_initial_pid_namespace() if initial_pidns is None else initial_pidns
+    if not key.pids or initial:
+        return key, None
+    widened = TrafficKey(key.protocols, frozenset(), "protocol only (inside a PID namespace)")
+    return widened, (
+        "xenvlan runs inside a PID namespace: kernel drops are filtered by protocol only, "
+        "so other traffic dropped during the replay may appear"
+    )
 
 
 def task_ids(pid: int, proc: Path = Path("/proc")) -> set[int]:
