@@ -203,18 +203,24 @@ def test_oversize_df_packet_dies_in_br_dev_queue_push_xmit(
     assert ok is not None
     # inside a PID namespace (a container) the pid filter widens to protocols, with a notice
     assert fail.traced and (rep.notice is None or "PID namespace" in rep.notice)
-    assert [(d.function, d.reason, d.count) for d in fail.real_drops] == [
-        ("br_dev_queue_push_xmit", "NOT_SPECIFIED", 2)
-    ]
+    drops = [(d.function, d.reason, d.count) for d in fail.real_drops]
+    if rep.notice is None:
+        assert drops == [("br_dev_queue_push_xmit", "NOT_SPECIFIED", 2)]
+    else:  # widened to every task: other drops of the window may appear beside ours
+        assert ("br_dev_queue_push_xmit", "NOT_SPECIFIED", 2) in drops
     assert fail.culprit() == "br_dev_queue_push_xmit"
     assert ok.real_drops == []
     # Port counters see all traffic (ARP, IPv6 ND); no 1422-byte frame left on pb.
     assert fail.ports["pa"]["rx_bytes"] >= 2 * 1422 and fail.ports["pb"]["tx_bytes"] < 1422
     assert ok.ports["pb"]["tx_packets"] >= 2 and ok.ports["pb"]["tx_bytes"] >= 2 * 1418
     assert (fail.frames_in, fail.frames_out, ok.frames_in, ok.frames_out) == (2, 0, 2, 2)
-    assert fail.summary_line().split(" [xenvlan runs inside a PID namespace")[0] == (
+    line = (
         "1380 (IP 1408): in on pa 2 frames, dropped in br_dev_queue_push_xmit \u00d72, out on pb 0"
     )
+    if rep.notice is None:
+        assert fail.summary_line() == line
+    else:
+        assert "dropped in br_dev_queue_push_xmit \u00d72" in fail.summary_line()
     assert fail.capture is not None
     names, packets = read_pcapng(Path(fail.capture))
     assert names == ["pa", "pb"]

@@ -22,6 +22,18 @@ class Emulation:
     kernels: str = LEGACY_KERNELS
 
 
+#: Kernel functions on the bridged path: where a lab packet is dropped between its two ports.
+BRIDGED_PATH_PREFIXES = (
+    "br_",
+    "nft_do_chain",
+    "nf_hook_slow",
+    "ipt_do_table",
+    "ip_do_fragment",
+    "ip_defrag",
+    "__dev_forward_skb",
+)
+
+
 @dataclass
 class EdgeEvidence:
     """Evidence for one replayed payload size (the smallest failing or the largest passing)."""
@@ -62,8 +74,15 @@ class EdgeEvidence:
         )
 
     def culprit(self) -> str | None:
-        """The kernel function a verdict should name, or None when no drop was traced."""
-        drops = self.real_drops
+        """The kernel function a verdict should name, or None when no drop was traced.
+
+        Drops on the bridged path come first (a widened filter can let in unrelated ones),
+        then the most frequent.
+        """
+        drops = sorted(
+            self.real_drops,
+            key=lambda d: (not d.function.startswith(BRIDGED_PATH_PREFIXES), -d.count),
+        )
         if not drops:
             return None
         d = drops[0]
