@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from xenvlan.xensbx import dom0image, remote, vm
+from xenvlan.host.sandbox.xen import image as dom0image
+from xenvlan.host.sandbox.xen import remote, vm
 
 LAB = Path(__file__).resolve().parents[1] / "examples" / "seed.toml"
 

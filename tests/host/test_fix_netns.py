@@ -32,7 +32,8 @@ DEFAULTS = {
 # Run xenvlan.cli.main with only this verbs (independent of the other verb modules).
 CLI_IMPORT = (
     "import sys, types; from xenvlan.cli import diagnose, fix; "
-    "sys.modules['xenvlan.cli.verbs'] = types.SimpleNamespace(MODULES=[diagnose, fix]); "
+    "sys.modules['xenvlan.cli.verbs'] = "
+    "types.SimpleNamespace(modules_for=lambda argv: [diagnose, fix]); "
     "from xenvlan.cli import main; "
 )
 CLI = CLI_IMPORT + "sys.argv[0] = 'xenvlan'; main()"

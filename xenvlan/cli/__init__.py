@@ -40,23 +40,26 @@ def _root(
 
 
 def _register() -> None:
-    # Each verb module exposes register(app); imported lazily so `--help` stays fast.
+    # Each verb module exposes register(app); only the verb being run is imported (see verbs).
     from xenvlan.cli import verbs
 
-    for module in verbs.MODULES:
+    for module in verbs.modules_for(sys.argv[1:]):
         module.register(app)
 
 
 def _reexec_in_sandbox() -> None:
-    """While a sandbox runs, re-run this command inside its namespace via `ip netns exec`.
+    """While a sandbox runs, re-run this command inside it.
 
-    `ip netns exec` also remounts /sys, so /sys/class/net shows the sandbox's bridges; a bare
-    setns() would not. Sandbox management itself runs where it was started.
+    The Xen sandbox (a nested Dom0 under QEMU) wins: the command runs there over SSH and this
+    process exits with its code. Else, for the namespace sandbox, `ip netns exec` (which also
+    remounts /sys, so /sys/class/net shows the sandbox's bridges; a bare setns() would not).
+    Sandbox management itself, `image`, and bare options run where they were started.
     """
     args = sys.argv[1:]
     skip = not args or args[0] in ("sandbox", "image") or args[0].startswith("-")
     if skip or os.environ.get("XENVLAN_NO_SANDBOX"):
         return
+    _run_in_xen_sandbox(args)
     from xenvlan.host import netns
     from xenvlan.host.sandbox import netns as sandbox
 
@@ -70,6 +73,37 @@ def _reexec_in_sandbox() -> None:
     # Downloads (the guest image's kernel) run back in this namespace: the sandbox has no route.
     os.environ[sandbox.ORIGIN_NETNS_FD_ENV] = str(netns.inheritable_handle())
     os.execvp("ip", argv)
+
+
+#: Verbs that boot guests: their image is built (downloads) on the host, then shared.
+_NEEDS_GUEST_IMAGE = ("up", "repro")
+
+
+def _run_in_xen_sandbox(args: list[str]) -> None:
+    """When the Xen sandbox's QEMU is alive, run `xenvlan ARGS` in its Dom0 and exit."""
+    from xenvlan.host.sandbox.xen import vm
+
+    state = vm.load_state()
+    if state is None or not vm.running(state):
+        return
+    try:
+        image = None
+        own_kernel = any(a.split("=", 1)[0] in ("--kernel", "--initrd") for a in args)
+        if args[0] in _NEEDS_GUEST_IMAGE and not own_kernel and "--help" not in args:
+            from xenvlan.cli.common import progress
+            from xenvlan.guest.image.build import ensure_image
+
+            image = ensure_image(progress=progress).initrd.parent
+        from xenvlan.host.sandbox.xen import remote
+
+        rc = remote.run(args, state=state, guest_image=image)
+    except XenvlanError as exc:
+        print(f"xenvlan: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("xenvlan: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rc)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import paramiko
 
 from xenvlan.errors import GuestError
 from xenvlan.guest.shell import CommandResult
+from xenvlan.timeouts import scale
 
 MAX_INLINE_COMMAND = 4096
 
@@ -35,6 +39,19 @@ def _pinned(host_key: str) -> paramiko.PKey:
         raise GuestError(f"pinned host key is unusable: {exc}") from None
 
 
+@contextlib.contextmanager
+def _quiet_paramiko() -> Iterator[None]:
+    """Silence paramiko's per-attempt tracebacks ("Error reading SSH protocol banner") while a
+    booting guest refuses or drops connections; our own error says what went wrong."""
+    logger = logging.getLogger("paramiko")
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 class GuestSession:
     """An SSH connection to one guest; refuses any host key but the pinned one."""
 
@@ -49,8 +66,17 @@ class GuestSession:
         return self.addr.name
 
     def connect(self, deadline_s: float = 30.0) -> GuestSession:
-        """Connect, retrying refused/unreachable until the deadline; a wrong host key is fatal."""
+        """Connect, retrying refused/unreachable until the deadline; a wrong host key is fatal.
+
+        Every timeout here is multiplied by $XENVLAN_TIMEOUT_SCALE.
+        """
+        with _quiet_paramiko():
+            return self._connect(deadline_s)
+
+    def _connect(self, deadline_s: float) -> GuestSession:
         pinned = _pinned(self.addr.host_key)
+        factor = scale()
+        deadline_s *= factor
         end = time.monotonic() + deadline_s
         last = "no attempt"
         while True:
@@ -69,9 +95,9 @@ class GuestSession:
                     pkey=self._key,
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=min(5.0, remaining),
-                    banner_timeout=min(10.0, remaining),
-                    auth_timeout=min(10.0, remaining),
+                    timeout=min(5.0 * factor, remaining),
+                    banner_timeout=min(10.0 * factor, remaining),
+                    auth_timeout=min(10.0 * factor, remaining),
                 )
                 transport = client.get_transport()
                 if transport is not None:
@@ -104,9 +130,13 @@ class GuestSession:
             time.sleep(0.2)
 
     def run(self, command: str, *, timeout: float = 30.0) -> CommandResult:
-        """Run a shell command line in the guest; the caller quotes its arguments."""
+        """Run a shell command line in the guest; the caller quotes its arguments.
+
+        `timeout` is multiplied by $XENVLAN_TIMEOUT_SCALE.
+        """
         if self._client is None:
             raise GuestError(f"guest {self.name}: not connected")
+        timeout *= scale()
         try:
             if len(command) > MAX_INLINE_COMMAND:
                 # dropbear refuses command lines over 9000 bytes: feed long scripts on stdin.

@@ -409,6 +409,8 @@ class GuestProber:
 
     def _probe_chunk(self, sizes: list[int], counts: list[int]) -> list[PingResult]:
         command = self.batch_command(sizes, counts)
+        # Nested guests (the Xen sandbox) need more: GuestSession.run multiplies this budget by
+        # $XENVLAN_TIMEOUT_SCALE (xenvlan.timeouts), once; scaling it here too would square it.
         budget = self.timeout_s + max(counts) * self.interval + 10.0 + 0.05 * len(sizes)
         res = self._run(command, timeout=budget)
         self.commands += 1

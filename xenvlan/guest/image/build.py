@@ -40,6 +40,9 @@ from xenvlan.paths import cache_dir
 
 BUILDER_VERSION = "1"
 MODULE_LIST = "etc/xenvlan/modules"
+#: A prebuilt image directory to use as is (no apt, no build): how the nested Xen Dom0, which has
+#: neither apt lists nor a route out, boots the image the host built and shared with it.
+GUEST_IMAGE_ENV = "XENVLAN_GUEST_IMAGE"
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ def image_key(inputs: dict[str, object]) -> str:
 # --------------------------------------------------------------------------- build
 
 
-def _find_modules_dir(root: Path) -> Path:
+def find_modules_dir(root: Path) -> Path:
+    """The single lib/modules/<version> directory of an extracted kernel package."""
     for base in (root / "lib" / "modules", root / "usr" / "lib" / "modules"):
         if base.is_dir():
             dirs = [d for d in base.iterdir() if d.is_dir()]
@@ -87,7 +91,7 @@ def _build(
         run_checked(
             ["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}", error=ImageError
         )
-        moddir = _find_modules_dir(root)
+        moddir = find_modules_dir(root)
         kver = moddir.name
         vmlinuz = root / "boot" / f"vmlinuz-{kver}"
         config = root / "boot" / f"config-{kver}"
@@ -165,6 +169,23 @@ def _load(image_dir: Path) -> GuestImage | None:
     )
 
 
+def prebuilt_image() -> GuestImage | None:
+    """The image named by $XENVLAN_GUEST_IMAGE, or None when unset; incomplete is an error."""
+    env = os.environ.get(GUEST_IMAGE_ENV)
+    if not env:
+        return None
+    try:
+        img = _load(Path(env))
+    except (KeyError, TypeError, AttributeError):
+        img = None
+    if img is None:
+        raise ImageError(
+            f"{GUEST_IMAGE_ENV}={env} is not a complete guest image "
+            "(meta.json, bzImage, initrd.gz and vmlinux when listed)"
+        )
+    return img
+
+
 def image_inputs(
     kernel_package: str | None = None, *, memo: Path | None = None
 ) -> dict[str, object]:
@@ -190,6 +211,8 @@ def ensure_image(
     progress: Callable[[str], None] | None = None,
 ) -> GuestImage:
     """Return the cached guest image for the current inputs, building it when needed."""
+    if (given := prebuilt_image()) is not None:
+        return given
     root = (cache or cache_dir()) / "images"
     root.mkdir(parents=True, exist_ok=True)
     inputs = image_inputs(kernel_package, memo=None if force else root / ".packages.json")
@@ -288,6 +311,8 @@ def cached_image(
     *, cache: Path | None = None, kernel_package: str | None = None
 ) -> tuple[GuestImage | None, Path]:
     """(cached image for the current inputs or None, its directory); builds/writes nothing."""
+    if (given := prebuilt_image()) is not None:
+        return given, given.initrd.parent
     inputs = image_inputs(kernel_package, memo=None)
     final = (cache or cache_dir()) / "images" / str(inputs["key"])
     return _load(final), final

@@ -1,1 +1,2 @@
-"""Private hypervisors for bare machines: a libvirtd in a network namespace."""
+"""Private hypervisors for bare machines: a libvirtd in a network namespace (`netns`), or a
+real Xen Dom0 nested under QEMU (`xen`)."""
