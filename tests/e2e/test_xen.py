@@ -67,6 +67,7 @@ def _fail_or_skip(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def dom0() -> Iterator[object]:
+    from xenvlan.host.run import pid_alive
     from xenvlan.host.sandbox.xen import vm
 
     if os.geteuid() != 0:
@@ -84,7 +85,7 @@ def dom0() -> Iterator[object]:
         print("\nxen e2e timings (s):", json.dumps(TIMINGS, indent=1))
         # Nothing left: no QEMU, no listener, no run files; the cached image stays.
         assert vm.load_state() is None
-        assert not vm.alive(state.qemu_pid)
+        assert not pid_alive(state.qemu_pid)
         assert not vm.port_listening(state.port)
         assert not Path(state.directory).exists()
         assert Path(state.image_dir, "rootfs.ext4").is_file()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from xenvlan.errors import HostChangeError, ImageError
+from xenvlan.host.run import pid_alive
 from xenvlan.host.sandbox.xen import image as dom0image
 from xenvlan.host.sandbox.xen import remote, vm
 
@@ -203,8 +204,8 @@ def test_stop_without_qemu_removes_every_run_file(
 def test_alive_and_is_our_qemu_for_ourselves(tmp_path: Path) -> None:
     import os
 
-    assert vm.alive(os.getpid())
-    assert not vm.alive(None)
+    assert pid_alive(os.getpid())
+    assert not pid_alive(None)
     assert not vm.is_our_qemu(os.getpid(), tmp_path / "qemu.pid")
 
 

@@ -6,6 +6,7 @@ or raises the caller's error class with the tool's last line. A missing tool is 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,3 +82,20 @@ def run_bytes(argv: list[str], data: bytes) -> bytes | None:
     except OSError:
         return None
     return proc.stdout if proc.returncode == 0 and proc.stdout else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` exists and is not a zombie (the sandboxes' daemons, QEMU)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead: nobody may have reaped it yet
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] != "Z"

@@ -18,7 +18,7 @@ from pathlib import Path
 from xenvlan.errors import HostChangeError, HypervisorError
 from xenvlan.host import netns
 from xenvlan.host.netns import NETNS_DIR
-from xenvlan.host.run import run, run_checked
+from xenvlan.host.run import pid_alive, run, run_checked
 from xenvlan.paths import ensure_private_dir, run_dir
 
 DEFAULT_NETNS = "xenvlan-sbx"
@@ -59,18 +59,6 @@ def _save(state: SandboxState) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def socket_alive(path: Path = LIBVIRT_SOCK) -> bool:
     """Whether a libvirtd answers on the system socket."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -106,7 +94,7 @@ def start(netns: str = DEFAULT_NETNS, *, deadline_s: float = 60.0) -> SandboxSta
     if os.geteuid() != 0:
         raise HostChangeError("the sandbox needs root (network namespaces, libvirtd)")
     existing = load_state()
-    if existing and _alive(existing.libvirtd_pid) and socket_alive():
+    if existing and pid_alive(existing.libvirtd_pid) and socket_alive():
         return existing
     if existing:
         stop()
@@ -154,7 +142,7 @@ def start(netns: str = DEFAULT_NETNS, *, deadline_s: float = 60.0) -> SandboxSta
         _save(state)
         end = time.monotonic() + deadline_s
         while not socket_alive():
-            if not _alive(state.libvirtd_pid):
+            if not pid_alive(state.libvirtd_pid):
                 raise HypervisorError(
                     "libvirtd exited at start (see /var/log/libvirt/libvirtd.log; "
                     "scripts/bootstrap.sh creates the users/groups its QEMU driver needs)"
@@ -188,14 +176,14 @@ def _wait_qemu_driver(deadline_s: float) -> None:
 
 
 def _terminate(pid: int | None, name: str) -> None:
-    if not _alive(pid):
+    if not pid_alive(pid):
         return
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
     end = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < end:
+    while pid_alive(pid) and time.monotonic() < end:
         time.sleep(0.05)
-    if _alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -205,7 +193,7 @@ def stop() -> list[str]:
     if state is None:
         return []
     done: list[str] = []
-    if _alive(state.libvirtd_pid) and socket_alive():
+    if pid_alive(state.libvirtd_pid) and socket_alive():
         done += _clean_libvirt()
     _terminate(state.libvirtd_pid, "libvirtd")
     _terminate(state.virtlogd_pid, "virtlogd")

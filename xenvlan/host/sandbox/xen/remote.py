@@ -26,6 +26,7 @@ import paramiko
 from xenvlan.errors import GuestError
 from xenvlan.guest.image.build import GUEST_IMAGE_ENV
 from xenvlan.guest.keys import load_pkey, public_pkey
+from xenvlan.host.run import pid_alive
 from xenvlan.host.sandbox.xen.vm import SHARE_MOUNTS, VmState
 from xenvlan.timeouts import TIMEOUT_SCALE_ENV
 
@@ -339,7 +340,7 @@ def run(
     from xenvlan.host.sandbox.xen import vm
 
     state = state or vm.load_state()
-    if state is None or not vm.alive(state.qemu_pid):
+    if state is None or not pid_alive(state.qemu_pid):
         raise GuestError("no Xen sandbox runs (start it first)")
     run_id = uuid.uuid4().hex[:12]
     plan = plan_args(args, run_id, cwd)

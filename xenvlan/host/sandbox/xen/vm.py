@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xenvlan.errors import GuestError, HostChangeError, HypervisorError, XenvlanError
+from xenvlan.host.run import pid_alive
 from xenvlan.paths import ensure_private_dir, run_dir
 
 QEMU = "qemu-system-x86_64"
@@ -205,23 +206,6 @@ def write_host_key(cfg: Path) -> str:
     return pub.decode("ascii")
 
 
-def alive(pid: int | None) -> bool:
-    """Whether `pid` exists."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead: nobody may have reaped it yet
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    return fields[0] != "Z"
-
-
 def is_our_qemu(pid: int, pidfile: Path) -> bool:
     """Whether `pid` is a QEMU started with our -pidfile (guards against a reused PID)."""
     try:
@@ -237,7 +221,7 @@ def running(state: VmState) -> bool:
     return (
         bool(pid)
         and "virsh" in state.timings
-        and alive(pid)
+        and pid_alive(pid)
         and is_our_qemu(pid or 0, state.pidfile)
     )
 
@@ -281,7 +265,7 @@ def start(
         raise HostChangeError("the Xen sandbox needs root (it builds the Dom0 image)")
     existing = load_state()
     if existing is not None:
-        if alive(existing.qemu_pid) and port_listening(existing.port):
+        if pid_alive(existing.qemu_pid) and port_listening(existing.port):
             return existing
         stop()
     if shutil.which(QEMU) is None:
@@ -378,12 +362,12 @@ def _wait_ready(state: VmState, deadline_s: float, progress: Progress | None) ->
     _say(progress, f"waiting for the Dom0's sshd on 127.0.0.1:{state.port}")
     session = Dom0Session(state)
     try:
-        session.connect(deadline_s=deadline_s, alive=lambda: alive(state.qemu_pid))
+        session.connect(deadline_s=deadline_s, alive=lambda: pid_alive(state.qemu_pid))
         timings["ssh"] = round(time.monotonic() - t0, 2)
         _say(progress, f"sshd answered after {timings['ssh']:.1f} s; waiting for libvirtd")
         last = ""
         while time.monotonic() < end:
-            if not alive(state.qemu_pid):
+            if not pid_alive(state.qemu_pid):
                 raise HypervisorError(f"QEMU exited during boot (see {state.serial_log})")
             try:
                 res = session.exec("virsh -c xen:///system capabilities", timeout=60)
@@ -447,7 +431,7 @@ def status() -> Status:
     state = load_state()
     if state is None:
         return Status(False, None, None, False, None, str(state_dir()))
-    running = alive(state.qemu_pid) and is_our_qemu(state.qemu_pid or 0, state.pidfile)
+    running = pid_alive(state.qemu_pid) and is_our_qemu(state.qemu_pid or 0, state.pidfile)
     return Status(
         running=running,
         qemu_pid=state.qemu_pid,
@@ -467,7 +451,7 @@ def stop(*, graceful_s: float = 10.0) -> list[str]:
             shutil.rmtree(state_dir(), ignore_errors=True)
         return done
     pid = state.qemu_pid or _read_pid(state.pidfile)
-    if pid is not None and alive(pid) and is_our_qemu(pid, state.pidfile):
+    if pid is not None and pid_alive(pid) and is_our_qemu(pid, state.pidfile):
         if graceful_s > 0 and port_listening(state.port):
             with contextlib.suppress(XenvlanError, OSError):
                 from xenvlan.host.sandbox.xen.remote import Dom0Session
@@ -489,13 +473,13 @@ def _terminate(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     end = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < end:
+    while pid_alive(pid) and time.monotonic() < end:
         time.sleep(0.05)
-    if alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         end = time.monotonic() + 5
-        while alive(pid) and time.monotonic() < end:
+        while pid_alive(pid) and time.monotonic() < end:
             time.sleep(0.05)
-    if alive(pid):
+    if pid_alive(pid):
         raise HostChangeError(f"QEMU {pid} survived SIGKILL")
