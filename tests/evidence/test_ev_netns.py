@@ -32,7 +32,11 @@ pytestmark = pytest.mark.netns
 ADDR_A, ADDR_B = "10.99.7.1", "10.99.7.2"
 PREFIX = f"evx-{os.getpid() % 100000}"
 NS_A, NS_BR, NS_B = f"{PREFIX}-a", f"{PREFIX}-br", f"{PREFIX}-b"
-CHAIN = "XENVLAN-evxtest"
+# Tracing instances are kernel-wide: a per-run lab name keeps a leftover of an aborted run (or a
+# concurrent run on the same kernel) from colliding with this one.
+LAB = f"evx{os.getpid() % 100000}"
+INSTANCE = f"xenvlan-{LAB}"
+CHAIN = f"XENVLAN-{LAB}"
 # As in the legacy-vlan scenario: a conntrack match keeps defragmentation on in the bridge.
 CONNTRACK = ("-m", "conntrack", "--ctstate", "INVALID,NEW,ESTABLISHED,RELATED,UNTRACKED")
 
@@ -147,7 +151,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _plan(tmp_path: Path, key: TrafficKey, **kw: object) -> EvidencePlan:
     return EvidencePlan(
-        lab="evxtest",
+        lab=LAB,
         in_port="pa",
         out_port="pb",
         key=key,
@@ -272,12 +276,12 @@ def test_no_tracing_gives_counters_and_a_notice(
 ) -> None:
     """An instance that is not xenvlan's: evidence goes on without tracing, and leaves it."""
     with tracefs.temporary_tracefs() as tmp:
-        (tmp / "instances" / "xenvlan-evxtest").mkdir()
+        (tmp / "instances" / INSTANCE).mkdir()
         try:
             rep = collect_edge(_plan(tmp_path, sender.key()), 1380, None, sender)
-            assert (tmp / "instances" / "xenvlan-evxtest").is_dir()
+            assert (tmp / "instances" / INSTANCE).is_dir()
         finally:
-            (tmp / "instances" / "xenvlan-evxtest").rmdir()
+            (tmp / "instances" / INSTANCE).rmdir()
     assert rep.notice is not None and "exists and is not xenvlan's" in rep.notice
     assert not rep.failing.traced and rep.failing.drops == []
     assert rep.failing.ports["pa"]["rx_packets"] >= 2
@@ -290,8 +294,8 @@ CRASHER = textwrap.dedent(
     from xenvlan.host.journal import HostJournal, on_behalf_of
     from xenvlan.evidence import tracefs
     from xenvlan.evidence.key import TrafficKey
-    with on_behalf_of("evxtest"), HostJournal.open() as journal:
-        inst = tracefs.open_instance(journal, "evxtest")
+    with on_behalf_of(sys.argv[1]), HostJournal.open() as journal:
+        inst = tracefs.open_instance(journal, sys.argv[1])
         inst.configure(TrafficKey())
         inst.start()
         print(inst.path, flush=True)
@@ -306,14 +310,18 @@ def test_kill_9_then_down_removes_the_instance(state_dir: Path) -> None:
         pytest.skip("needs root and tracefs")
     before = _trace_state()
     proc = subprocess.run(
-        [sys.executable, "-c", CRASHER], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-c", CRASHER, LAB],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert "xenvlan-evxtest" in _instances(), "the crashed run left no instance to clean up"
+    assert INSTANCE in _instances(), "the crashed run left no instance to clean up"
     journal = HostJournal.load(HostJournal.path_for(state_dir / "journal"))
     assert journal is not None
     assert {e.kind for e in journal.entries} <= {tracefs.KIND_MOUNT, tracefs.KIND_INSTANCE}
-    actions = revert_lab_changes("evxtest", state_dir / "journal")
+    actions = revert_lab_changes(LAB, state_dir / "journal")
     assert {(a.kind, a.result) for a in actions} >= {(tracefs.KIND_INSTANCE, "removed")}
-    assert "xenvlan-evxtest" not in _instances(), "tracing instance left behind"
+    assert INSTANCE not in _instances(), "tracing instance left behind"
     assert _trace_state() == before
