@@ -17,6 +17,7 @@ apt_pkgs=(
   qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   dnsmasq-base nftables iptables libxml2-utils pkg-config gcc python3-dev python3-venv
   busybox-static dropbear-bin iputils-ping cpio xz-utils zstd iproute2 kmod util-linux
+  mmdebstrap e2fsprogs   # the nested Xen Dom0 image (sandbox start --hypervisor xen)
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -99,6 +99,29 @@ CPU = """<cpus>
 """
 
 
+def test_missing_build_tools_name_their_packages() -> None:
+    assert dom0image.missing_build_tools(lambda tool: f"/usr/bin/{tool}") == []
+    missing = dom0image.missing_build_tools(lambda tool: None if tool != "mke2fs" else "/x")
+    assert missing == ["apt", "dpkg", "kmod", "mmdebstrap"]
+
+
+def test_build_without_mmdebstrap_fails_first_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Safeguard: a new user missing a tool hears which package, before any download."""
+    if dom0image.os.geteuid() != 0:
+        pytest.skip("the root check comes first")
+    monkeypatch.setattr(dom0image, "dom0_inputs", lambda _k=None: {"key": "k"})
+    monkeypatch.setattr(dom0image, "missing_build_tools", lambda: ["mmdebstrap"])
+    monkeypatch.setattr(dom0image, "_build", lambda *a: pytest.fail("built without the tools"))
+    with pytest.raises(ImageError) as exc:
+        dom0image.ensure_dom0_image(cache=tmp_path)
+    assert str(exc.value) == (
+        "building the Dom0 image needs mmdebstrap: apt-get install mmdebstrap "
+        "(or run scripts/bootstrap.sh)"
+    )
+
+
 def test_cpu_model_drops_sep_and_renames() -> None:
     out = dom0image.cpu_model_xml(CPU)
     assert f"<model name='{dom0image.CPU_MODEL}'>" in out

@@ -559,6 +559,22 @@ def load(directory: Path) -> Dom0Image | None:
     return img
 
 
+#: Host programs the build runs, and the Debian package of each.
+BUILD_TOOLS: dict[str, str] = {
+    "mmdebstrap": "mmdebstrap",
+    "mke2fs": "e2fsprogs",
+    "dpkg-deb": "dpkg",
+    "depmod": "kmod",
+    "apt-cache": "apt",
+}
+
+
+def missing_build_tools(which: Callable[[str], str | None] | None = None) -> list[str]:
+    """The Debian packages to install before the Dom0 image can be built (none: empty)."""
+    which = which or shutil.which
+    return sorted({pkg for tool, pkg in BUILD_TOOLS.items() if which(tool) is None})
+
+
 def dom0_root(cache: Path | None = None) -> Path:
     """The directory holding Dom0 images, one per key."""
     return (cache or cache_dir()) / "dom0"
@@ -581,6 +597,11 @@ def ensure_dom0_image(
         return img
     if os.geteuid() != 0:
         raise ImageError("building the Dom0 image needs root (mmdebstrap --mode=root)")
+    if missing := missing_build_tools():
+        raise ImageError(
+            f"building the Dom0 image needs {', '.join(missing)}: "
+            f"apt-get install {' '.join(missing)} (or run scripts/bootstrap.sh)"
+        )
     with waiting_lock(root / ".build.lock"):
         if not force and (img := load(final)) is not None:
             return img
