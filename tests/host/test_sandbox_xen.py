@@ -271,12 +271,15 @@ def test_plan_args_leaves_everything_after_double_dash() -> None:
 def test_remote_command_quotes_every_argument() -> None:
     evil = ["ssh", "a", "--", "echo", "$(reboot)", "; rm -rf /", "it's"]
     line = remote.remote_command(evil, "/tmp/xenvlan-io/x/pid", {"XENVLAN_X": "a b"})
-    head, _, tail = line.partition(" python3 -m xenvlan ")
+    head, _, tail = line.partition(
+        f" python3 -S {remote.ZYGOTE_SCRIPT} client {remote.ZYGOTE_SOCKET} "
+    )
     assert shlex.split(tail) == evil
     assert "XENVLAN_X='a b'" in head
     assert "PYTHONPATH=/opt/xenvlan/src:/opt/xenvlan/site" in head
     assert "XENVLAN_NO_SANDBOX=1" in head
-    assert head.startswith("echo $$ > /tmp/xenvlan-io/x/pid && ")
+    pid = "/tmp/xenvlan-io/x/pid"
+    assert head.startswith(f"mkdir -p -m 700 /tmp/xenvlan-io/x && echo $$ > {pid} && ")
 
 
 def test_remote_command_points_at_the_guest_image_and_scales_timeouts(
@@ -290,6 +293,14 @@ def test_remote_command_points_at_the_guest_image_and_scales_timeouts(
     line = remote.remote_command(["up"], "/p", guest_image="/var/cache/xenvlan/images/k")
     assert "XENVLAN_GUEST_IMAGE=/var/cache/xenvlan/images/k" in line
     assert "XENVLAN_TIMEOUT_SCALE=3" in line
+
+
+def test_zygote_runs_by_path_from_the_shared_checkout() -> None:
+    assert remote.ZYGOTE_SCRIPT == "/opt/xenvlan/src/" + "xenvlan/host/sandbox/xen/zygote.py"
+    line = remote.zygote_command()
+    assert f"python3 {remote.ZYGOTE_SCRIPT} serve {remote.ZYGOTE_SOCKET}" in line
+    assert line.endswith("&") and "< /dev/null" in line
+    assert "PYTHONPATH=/opt/xenvlan/src:/opt/xenvlan/site" in line
 
 
 def _state(**over: object) -> vm.VmState:

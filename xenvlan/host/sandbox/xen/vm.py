@@ -384,6 +384,10 @@ def _wait_ready(state: VmState, deadline_s: float, progress: Progress | None) ->
             raise HypervisorError(
                 f"libvirt's Xen driver did not answer within {deadline_s:.0f}s: {last}"
             )
+        # The fork server imports the slow dependencies while the user's first verb is typed.
+        from xenvlan.host.sandbox.xen.remote import zygote_command
+
+        session.exec(zygote_command(), timeout=60)
         milestones = serial_milestones(_tail(state.serial_log))
         timings.update({f"dom0_{k}": v for k, v in milestones.items()})
     finally:
