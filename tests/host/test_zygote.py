@@ -168,3 +168,34 @@ def test_a_bad_request_does_not_stop_the_server(server: Path, tmp_path: Path) ->
         s.sendall(b"garbage without descriptors")
     time.sleep(0.3)
     assert _client(server, tmp_path, PROBE_EXIT="0").returncode == 0
+
+
+def test_the_start_line_returns_at_once_and_leaves_a_server(tmp_path: Path, probe: Path) -> None:
+    """Safeguard: the backgrounded server holds no descriptor of the shell (an SSH channel)."""
+    from xenvlan.host.sandbox.xen.remote import zygote_command
+
+    sock, log = tmp_path / "z.sock", tmp_path / "z.log"
+    line = zygote_command(
+        env={"PYTHONPATH": str(tmp_path / "lib"), "XENVLAN_ZYGOTE_MODULE": "zprobe"},
+        python=sys.executable,
+        script=str(SCRIPT),
+        sock=str(sock),
+        log=str(log),
+    )
+    t = time.monotonic()
+    subprocess.run(["sh", "-c", line], capture_output=True, timeout=20, check=True)
+    assert time.monotonic() - t < 10
+    for _ in range(200):
+        if "serving on" in log.read_text():
+            break
+        time.sleep(0.05)
+    pid = int(log.read_text().split("(pid ")[1].split(")")[0])
+    try:
+        assert _client(sock, tmp_path, "x").returncode == 0
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not sock.exists():
+            break
+        time.sleep(0.05)
+    assert not sock.exists()

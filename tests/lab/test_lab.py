@@ -208,6 +208,21 @@ def test_reservation_round_trip(conn: libvirt.virConnect) -> None:
     assert network.remove_reservation(net, mac) is False  # idempotent
 
 
+def test_reserve_claims_only_where_dhcp_could_hand_the_address_out(
+    conn: libvirt.virConnect,
+) -> None:
+    """A DHCP-less network (the nested Dom0's) gets no reservation; a DHCP one does."""
+    plain = _define_network(conn, f"p{_uid()}", None, ip="<ip address='10.78.0.1' prefix='24'/>")
+    before = plain.XMLDesc(0)
+    mac = network.mac_for(f"p{_uid()}", "a", "xen")
+    assert network.reserve(plain, network.read_network(plain), mac, "10.78.0.254", "x") is False
+    assert plain.XMLDesc(0) == before
+    dhcp = conn.networkLookupByName("default")
+    assert network.reserve(dhcp, network.read_network(dhcp), mac, "192.168.122.249", "x") is True
+    assert mac in network.read_network(dhcp).reserved_macs
+    assert network.remove_reservation(dhcp, mac)
+
+
 def test_reservation_duplicate_mac_is_a_clean_error(conn: libvirt.virConnect) -> None:
     net = conn.networkLookupByName("default")
     mac = network.mac_for(f"d{_uid()}", "a", "qemu")

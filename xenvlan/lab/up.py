@@ -26,11 +26,11 @@ from xenvlan.virt import connection as hv
 from xenvlan.virt.console import ConsoleTap
 from xenvlan.virt.network import (
     NetInfo,
-    add_reservation,
     domain_name,
     leases,
     pick_addresses,
     read_network,
+    reserve,
 )
 from xenvlan.virt.xml import read_ownership
 
@@ -200,7 +200,7 @@ def _up(
                 conn.defineXML(gp.xml)
             except libvirt.libvirtError as exc:
                 raise HypervisorError(f"defining {gp.domain}: {hv.error_text(exc)}") from None
-            add_reservation(net, gp.mac, gp.ip, gp.domain)
+            reserve(net, info, gp.mac, gp.ip, gp.domain)
             plan.append((gp.guest, gp.mac, gp.ip, gp.console))
     fault.point("after-define")
     taps: list[ConsoleTap] = []

@@ -114,6 +114,18 @@ def add_reservation(net: libvirt.virNetwork, mac: str, ip: str, name: str) -> No
         ) from None
 
 
+def reserve(net: libvirt.virNetwork, info: NetInfo, mac: str, ip: str, name: str) -> bool:
+    """Claim `ip` for `mac` where a DHCP server could hand it out; False on a DHCP-less network.
+
+    Guests take their address from the kernel command line, so without DHCP nothing else can
+    claim it, and a reservation would only cost a refresh of the network's firewall rules.
+    """
+    if info.range is None:
+        return False
+    add_reservation(net, mac, ip, name)
+    return True
+
+
 def remove_reservation(net: libvirt.virNetwork, mac: str, name: str | None = None) -> bool:
     """Remove our reservation for `mac` (named `name`, when given); True when one was removed.
 

@@ -142,12 +142,21 @@ def remote_command(
     )
 
 
-def zygote_command() -> str:
-    """The shell line that starts the fork server in the background (it lives as long as the VM)."""
-    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(DOM0_PYTHON_ENV.items()))
+def zygote_command(
+    env: dict[str, str] | None = None,
+    python: str = "python3",
+    script: str = ZYGOTE_SCRIPT,
+    sock: str = ZYGOTE_SOCKET,
+    log: str = ZYGOTE_LOG,
+) -> str:
+    """The shell line that starts the fork server in the background (it lives as long as the VM).
+
+    Only the server is backgrounded, every descriptor redirected: the SSH channel closes at once.
+    """
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or DOM0_PYTHON_ENV).items()))
     return (
-        f"cd /tmp && nohup env {assigns} python3 {ZYGOTE_SCRIPT} serve {ZYGOTE_SOCKET} "
-        f"> {ZYGOTE_LOG} 2>&1 < /dev/null &"
+        f"cd /tmp || exit 1; nohup env {assigns} {shlex.quote(python)} {shlex.quote(script)} "
+        f"serve {shlex.quote(sock)} > {shlex.quote(log)} 2>&1 < /dev/null &"
     )
 
 

@@ -150,7 +150,7 @@ def qemu_argv(
         raise HostChangeError(f"Dom0 {dom0_mib} MiB leaves no room for guests in {memory_mib} MiB")
     xen_cmdline = (
         f"console=com1 com1=115200,8n1 dom0_mem={dom0_mib}M,max:{dom0_mib}M "
-        f"dom0_max_vcpus={smp} noreboot bootscrub=false"
+        f"dom0_max_vcpus={smp} noreboot bootscrub=false guest_loglvl=all"
     )
     dom0_cmdline = "root=/dev/vda ro console=hvc0 earlyprintk=xen quiet loglevel=4"
     argv = [
