@@ -7,7 +7,9 @@ from pathlib import Path
 from xenvlan.evidence.trace import (
     ETH_P_IP,
     DropCount,
+    Kallsyms,
     count_drops,
+    needs_symbols,
     parse_line,
     parse_trace,
     select,
@@ -83,3 +85,52 @@ def test_garbage_and_other_events_are_ignored() -> None:
     assert parse_line(other) is None
     assert parse_line("kfree_skb: location=br_dev_queue_push_xmit+0x46/0x200") is None
     assert parse_trace("\x00\xff garbage\n" * 3) == []
+
+
+# Read off the nested Dom0 (Debian 6.1): `location=%p`, printed raw with options/hash-ptr 0.
+KALLSYMS_61 = """\
+ffffffff817c0210 T kfree_skb_list_reason
+ffffffff817c02a0 T kfree_skb_reason
+ffffffff817c0340 t skb_release_data
+0000000000000000 A fixed_percpu_data
+ffffffff81f00000 D some_data_symbol
+ffffffffc047f670 t br_dev_queue_push_xmit\t[bridge]
+ffffffffc047f870 t br_forward_finish\t[bridge]
+"""
+LINE_61 = (
+    "  vif1.0-q0-guest-rx-701 [001] ..s1.   99.000001: kfree_skb: skbaddr=ffff888004a3b800 "
+    "protocol=2048 location={loc} reason: NOT_SPECIFIED"
+)
+
+
+def test_kallsyms_names_raw_addresses_of_the_kernel_and_modules() -> None:
+    syms = Kallsyms(KALLSYMS_61)
+    assert syms.lookup(0xFFFFFFFFC047F6B6) == ("br_dev_queue_push_xmit", 0x46)
+    assert syms.lookup(0xFFFFFFFF817C02A0) == ("kfree_skb_reason", 0)
+    assert syms.lookup(0xFFFFFFFF81F00010) is None  # data, 7 MB past the last text symbol
+    assert syms.lookup(0x6EF3E47A) is None  # a hashed pointer lies below every symbol
+    assert not Kallsyms("0000000000000000 T kfree_skb_reason\n")  # kptr_restrict
+
+
+def test_raw_location_is_named_only_when_symbols_are_given() -> None:
+    syms = Kallsyms(KALLSYMS_61)
+    line = LINE_61.format(loc="ffffffffc047f6b6")
+    named = parse_line(line, syms)
+    assert named is not None and named.function == "br_dev_queue_push_xmit"
+    assert named.location == "br_dev_queue_push_xmit+0x46"
+    bare = parse_line(line)
+    assert bare is not None and bare.function is None and bare.location == "ffffffffc047f6b6"
+    assert needs_symbols(line) and not needs_symbols(
+        LINE_61.format(loc="br_dev_queue_push_xmit+0x46/0x200")
+    )
+
+
+def test_netback_frees_after_delivery_are_not_drops() -> None:
+    """6.1's netback frees each skb copied into the guest with kfree_skb: seen on both sizes."""
+    syms = Kallsyms(KALLSYMS_61 + "ffffffffc03910a0 t xenvif_rx_copy_flush\t[xen_netback]\n")
+    events = parse_trace(
+        LINE_61.format(loc="ffffffffc0391107") + "\n" + LINE_61.format(loc="ffffffffc047f6b6"),
+        syms,
+    )
+    assert [ev.function for ev in events] == ["xenvif_rx_copy_flush", "br_dev_queue_push_xmit"]
+    assert [ev.function for ev in select(events)] == ["br_dev_queue_push_xmit"]

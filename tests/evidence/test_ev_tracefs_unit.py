@@ -85,3 +85,35 @@ def test_parse_snmp() -> None:
         "ReasmOKs": 3,
         "FragCreates": 10,
     }
+
+
+def _fake_instance(root: Path, *, hash_option: bool) -> tracefs.TraceInstance:
+    inst = tracefs.TraceInstance(root, tracefs.instance_name("hp"))
+    (inst.path / "events/skb/kfree_skb").mkdir(parents=True)
+    (inst.path / "events/skb/kfree_skb/format").write_text(
+        'print fmt: "skbaddr=%p protocol=%u location=%p reason: %s"\n'
+    )
+    (inst.path / "options").mkdir()
+    if hash_option:
+        (inst.path / "options/hash-ptr").write_text("1\n")
+    return inst
+
+
+def test_configure_prints_pointers_raw_where_the_kernel_can(tmp_path: Path) -> None:
+    """Safeguard: on a %p kernel (6.1) the instance unhashes addresses, so they can be named."""
+    inst = _fake_instance(tmp_path / "a", hash_option=True)
+    inst.configure(TrafficKey())
+    assert inst.raw_pointers and (inst.path / "options/hash-ptr").read_text() == "0"
+    old = _fake_instance(tmp_path / "b", hash_option=False)
+    old.configure(TrafficKey())
+    assert not old.raw_pointers and not (old.path / "options/hash-ptr").exists()
+
+
+def test_kallsyms_unreadable_or_hidden_is_none(tmp_path: Path) -> None:
+    assert tracefs.kallsyms(tmp_path / "absent") is None
+    hidden = tmp_path / "kallsyms"
+    hidden.write_text("0000000000000000 T kfree_skb_reason\n")
+    assert tracefs.kallsyms(hidden) is None
+    hidden.write_text("ffffffffc047f670 t br_dev_queue_push_xmit\t[bridge]\n")
+    syms = tracefs.kallsyms(hidden)
+    assert syms is not None and syms.lookup(0xFFFFFFFFC047F6B6) == ("br_dev_queue_push_xmit", 0x46)

@@ -15,6 +15,13 @@ from xenvlan.host.run import pid_alive
 from xenvlan.host.sandbox.xen import image as dom0image
 from xenvlan.host.sandbox.xen import remote, vm
 
+
+@pytest.fixture(autouse=True)
+def _private_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never the real sandbox's state file (a running Dom0 would be forgotten)."""
+    monkeypatch.setenv("XENVLAN_RUN_DIR", str(tmp_path / "run"))
+
+
 POLICY = """xen-utils-4.17:
   Installed: (none)
   Candidate: 4.17.7+13-g2445b30a44-0+deb12u1
@@ -461,3 +468,48 @@ def test_cli_runs_in_the_xen_dom0_when_it_runs(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(vm, "load_state", lambda: st)
     monkeypatch.setattr(sys, "argv", ["xenvlan", "status"])
     cli._reexec_in_sandbox()  # inside the Dom0: runs here
+
+
+def test_source_fingerprint_sees_edits_not_byte_code(tmp_path: Path) -> None:
+    pkg = tmp_path / "xenvlan"
+    (pkg / "__pycache__").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    first = vm.source_fingerprint(tmp_path)
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"pyc")
+    assert vm.source_fingerprint(tmp_path) == first
+    (pkg / "a.py").write_text("x = 22\n")
+    assert vm.source_fingerprint(tmp_path) != first
+
+
+def test_an_edited_checkout_is_remounted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Safeguard: 9p's loose cache would keep running the old code in the Dom0."""
+    pkg = tmp_path / "src" / "xenvlan"
+    pkg.mkdir(parents=True)
+    (pkg / "m.py").write_text("x = 1\n")
+    st = _state(src_dir=str(tmp_path / "src"))
+    st.src_fingerprint = vm.source_fingerprint(tmp_path / "src")
+    calls: list[str] = []
+
+    class Session:
+        def exec(self, command: str, **_k: object) -> remote.ExecResult:
+            calls.append(command)
+            return remote.ExecResult(0, "", "")
+
+    assert remote.refresh_source(Session(), st) is False  # type: ignore[arg-type]
+    assert calls == []
+    (pkg / "m.py").write_text("x = 2\n")
+    assert remote.refresh_source(Session(), st) is True  # type: ignore[arg-type]
+    assert len(calls) == 1 and f"umount -l {remote.SRC_DIR}" in calls[0]
+    assert f"-o {vm.SHARE_OPTIONS} xvsrc {remote.SRC_DIR}" in calls[0]
+    assert (pkg / "__pycache__").is_dir()  # byte-compiled on the host for the Dom0
+    assert remote.refresh_source(Session(), st) is False  # type: ignore[arg-type]
+    assert vm.load_state() is not None and vm.load_state().src_fingerprint == st.src_fingerprint  # type: ignore[union-attr]
+
+
+def test_dom0init_mounts_shares_as_the_remount_does() -> None:
+    from importlib import resources
+
+    rc = resources.files("xenvlan.host.sandbox.xen").joinpath("dom0init").read_text()
+    assert f'-o "{vm.SHARE_OPTIONS}"' in rc

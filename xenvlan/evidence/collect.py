@@ -21,7 +21,7 @@ from xenvlan.evidence.capture import Frame, PortCapture, ipv4_of
 from xenvlan.evidence.counters import counter_delta, in_netns, ip_counters, port_stats
 from xenvlan.evidence.key import TrafficKey, traceable
 from xenvlan.evidence.model import EdgeEvidence, EdgeReport, Emulation
-from xenvlan.evidence.trace import count_drops, parse_trace, select
+from xenvlan.evidence.trace import count_drops, needs_symbols, parse_trace, select
 from xenvlan.host.journal import HostJournal
 from xenvlan.host.run import run
 
@@ -135,7 +135,9 @@ def _window(
         frames = cap.stop() if cap is not None else []
     if inst is not None:
         ev.traced = True
-        ev.drops = count_drops(select(parse_trace(text), protocols=plan.key.protocols))
+        symbols = tracefs.kallsyms() if inst.raw_pointers and needs_symbols(text) else None
+        events = parse_trace(text, symbols)
+        ev.drops = count_drops(select(events, protocols=plan.key.protocols))
     if cap is not None:
         path = plan.run_dir / "evidence" / f"{label}{size}.pcapng"
         ev.capture = str(cap.write(path))

@@ -8,11 +8,14 @@ reason: NOT_SPECIFIED
 
 The task name may hold spaces and dashes (``CPU 0/TCG-4242``); with ``options/record-tgid`` a
 ``(tgid)`` column follows the pid. Kernels before 5.17 print no ``reason:``; before 6.x the
-location may be a (hashed) address, kept as ``0x...`` with no function.
+location is printed with ``%p`` (6.1: ``location=ffffffffc047f6b6`` once the instance's
+``options/hash-ptr`` is off); such an address is named from ``/proc/kallsyms`` (`Kallsyms`), and
+a hashed one is kept as printed, with no function.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -29,6 +32,7 @@ _LINE = re.compile(
 )
 _FIELD = re.compile(r"(?P<key>[a-z_]+)=(?P<value>\S+)")
 _REASON = re.compile(r"\breason:\s*(?P<reason>[A-Z0-9_]+)")
+_ADDRESS = re.compile(r"^(?:0x)?(?P<addr>[0-9a-f]{16})$")
 _SYMBOL = re.compile(r"^(?P<func>[A-Za-z_.$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s*\[\w+\])?$")
 
 # Frees that are not the drop itself: the frag_list children of a dropped reassembled skb.
@@ -37,6 +41,9 @@ COLLATERAL = frozenset({"skb_release_data"})
 # datagram sockets: ping_rcv NO_SOCKET; a TCP socket torn down: sk_stream_kill_queues): never
 # where a bridged frame dies, even when they run in a lab's QEMU thread.
 LOCAL_PREFIXES = ("tcp_", "udp", "sk_", "__sk_", "sock_", "unix_", "inet_", "raw_", "ping_")
+# Frees after a successful delivery: 6.1's netback frees every skb it copied into a guest with
+# kfree_skb (later kernels: consume_skb), the passing size's evidence included.
+DELIVERED_FUNCS = frozenset({"xenvif_rx_copy_flush"})
 NETFILTER_FUNCS = frozenset({"nf_hook_slow", "nft_do_chain", "ipt_do_table", "ebt_do_table"})
 
 
@@ -61,12 +68,56 @@ class KfreeSkb:
 
     @property
     def local(self) -> bool:
-        """A free in local delivery or socket teardown (not the forwarding path)."""
-        return self.function is not None and self.function.startswith(LOCAL_PREFIXES)
+        """A free in local delivery, socket teardown or after delivery (not a forwarding drop)."""
+        return self.function is not None and (
+            self.function.startswith(LOCAL_PREFIXES) or self.function in DELIVERED_FUNCS
+        )
 
 
-def parse_line(line: str) -> KfreeSkb | None:
-    """One event from one line; None for headers, other events and garbage."""
+#: The largest offset into a symbol believed (beyond it the address is outside any function).
+MAX_SYMBOL_OFFSET = 1 << 20
+
+
+class Kallsyms:
+    """Text symbols of ``/proc/kallsyms`` (kernel and modules), looked up by address."""
+
+    def __init__(self, text: str) -> None:
+        syms: dict[int, str] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) < 3 or parts[1] not in ("t", "T"):
+                continue
+            try:
+                addr = int(parts[0], 16)
+            except ValueError:
+                continue
+            if addr:  # kptr_restrict prints zeros: nothing to look up
+                syms.setdefault(addr, parts[2])
+        self._addrs = sorted(syms)
+        self._names = [syms[a] for a in self._addrs]
+
+    def __bool__(self) -> bool:
+        return bool(self._addrs)
+
+    def lookup(self, addr: int) -> tuple[str, int] | None:
+        """(function, offset) of the text symbol holding `addr`, or None."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or addr - self._addrs[i] > MAX_SYMBOL_OFFSET:
+            return None
+        return self._names[i], addr - self._addrs[i]
+
+
+def raw_address(location: str) -> int | None:
+    """The address of a location printed as a bare 64-bit hex pointer, else None."""
+    m = _ADDRESS.match(location)
+    return int(m["addr"], 16) if m else None
+
+
+def parse_line(line: str, symbols: Kallsyms | None = None) -> KfreeSkb | None:
+    """One event from one line; None for headers, other events and garbage.
+
+    `symbols` names a raw address; pass it only when pointers are printed unhashed.
+    """
     m = _LINE.match(line)
     if m is None:
         return None
@@ -76,6 +127,11 @@ def parse_line(line: str) -> KfreeSkb | None:
     if location is None:
         return None
     sym = _SYMBOL.match(location)
+    function = sym["func"] if sym else None
+    addr = raw_address(location) if symbols is not None and function is None else None
+    if addr is not None and symbols is not None and (found := symbols.lookup(addr)):
+        function, offset = found
+        location = f"{function}+{offset:#x}"
     reason = _REASON.search(body)
     proto = fields.get("protocol")
     return KfreeSkb(
@@ -85,15 +141,20 @@ def parse_line(line: str) -> KfreeSkb | None:
         timestamp=float(m["ts"]),
         protocol=int(proto) if proto is not None and proto.isdigit() else None,
         location=location,
-        function=sym["func"] if sym else None,
+        function=function,
         reason=reason["reason"] if reason else None,
         skbaddr=fields.get("skbaddr"),
     )
 
 
-def parse_trace(text: str) -> list[KfreeSkb]:
+def parse_trace(text: str, symbols: Kallsyms | None = None) -> list[KfreeSkb]:
     """Every kfree_skb event of a `trace` file's text, in order."""
-    return [ev for line in text.splitlines() if (ev := parse_line(line)) is not None]
+    return [ev for line in text.splitlines() if (ev := parse_line(line, symbols)) is not None]
+
+
+def needs_symbols(text: str) -> bool:
+    """Whether any event's location is a bare address (then `Kallsyms` can name it)."""
+    return any(raw_address(ev.location) is not None for ev in parse_trace(text))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 from xenvlan.errors import HostChangeError
 from xenvlan.evidence.key import TrafficKey
+from xenvlan.evidence.trace import Kallsyms
 from xenvlan.host.journal import HostJournal, JournalEntry
 from xenvlan.host.run import run
 
@@ -137,12 +138,24 @@ def _read(path: Path) -> str | None:
         return None
 
 
+KALLSYMS = Path("/proc/kallsyms")
+
+
+def kallsyms(path: Path = KALLSYMS) -> Kallsyms | None:
+    """The kernel's text symbols, or None when unreadable or hidden (kptr_restrict)."""
+    text = _read(path)
+    syms = Kallsyms(text) if text else None
+    return syms if syms else None
+
+
 @dataclass
 class TraceInstance:
     """One private instance with kfree_skb enabled for a window at a time."""
 
     root: Path
     name: str
+    #: The instance prints addresses unhashed (set by `configure` where the option exists).
+    raw_pointers: bool = False
 
     @property
     def path(self) -> Path:
@@ -161,6 +174,11 @@ class TraceInstance:
         if "reason" not in fmt:
             raise TracingUnavailable("this kernel's kfree_skb has no drop reason (< 5.17)")
         _write(self._file("buffer_size_kb"), str(buffer_kb))
+        # Kernels printing the location with %p (6.1) hash it; this instance prints it raw, to
+        # be named from /proc/kallsyms (the option is the instance's own, gone with it).
+        self.raw_pointers = self._file("options/hash-ptr").exists()
+        if self.raw_pointers:
+            _write(self._file("options/hash-ptr"), "0")
         _write(self._file(f"{EVENT}/filter"), key.filter_expr())
         if key.pids:
             _write(self._file("options/event-fork"), "1")

@@ -333,6 +333,27 @@ def _mkdirs(sftp: paramiko.SFTPClient, path: str) -> None:
             sftp.mkdir(cur, 0o700)
 
 
+def refresh_source(session: Dom0Session, state: VmState) -> bool:
+    """Let the Dom0 see an edited checkout: remount its share (dropping 9p's cache) when the
+    checkout changed since the Dom0 last saw it; True when it did."""
+    from xenvlan.host.sandbox.xen import vm
+
+    src = Path(state.src_dir)
+    if vm.source_fingerprint(src) == state.src_fingerprint:
+        return False
+    vm.precompile(src)
+    done = session.exec(
+        f"cd / && umount -l {shlex.quote(SRC_DIR)} && "
+        f"mount -t 9p -o {shlex.quote(vm.SHARE_OPTIONS)} xvsrc {shlex.quote(SRC_DIR)}",
+        timeout=60,
+    )
+    if done.exit_status != 0:
+        raise GuestError(f"cannot remount the checkout in the Dom0: {done.stderr.strip()[-200:]}")
+    state.src_fingerprint = vm.source_fingerprint(src)
+    vm.save_state(state)
+    return True
+
+
 def dom0_image_dir(session: Dom0Session, state: VmState, host_image: Path | None) -> str:
     """Where the Dom0 finds `host_image` (a guest image directory on the host).
 
@@ -383,6 +404,7 @@ def run(
     rdir = posixpath.join(REMOTE_IO, run_id)
     pidfile = posixpath.join(rdir, "pid")
     with Dom0Session(state).connect(deadline_s=180) as s:
+        refresh_source(s, state)
         for host, remote in plan.uploads:
             s.put(host, remote)
         image_dir = dom0_image_dir(s, state, guest_image)

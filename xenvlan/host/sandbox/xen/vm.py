@@ -9,6 +9,7 @@ xenvlan checkout, and the guest image.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,9 @@ DEFAULT_DOM0_MIB = 768
 DEFAULT_SMP = 2
 DOM0_ADDR = "10.0.2.15"
 #: Where the rc script in the Dom0 mounts each 9p tag.
+#: How the Dom0 mounts each share (dom0init's `share`): cached loosely, so an edited checkout
+#: is seen only after a remount (`remote.refresh_source`).
+SHARE_OPTIONS = "trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose"
 SHARE_MOUNTS: dict[str, str] = {
     "xvcfg": "/run/xenvlan/cfg",
     "xvsrc": "/opt/xenvlan/src",
@@ -54,6 +58,8 @@ class VmState:
     qemu_pid: int | None = None
     started_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    #: `source_fingerprint` of the checkout as the Dom0 last saw it (its 9p share caches).
+    src_fingerprint: str = ""
 
     @property
     def pidfile(self) -> Path:
@@ -316,7 +322,8 @@ def start(
     )
     save_state(state)  # journal first: a crash from here on is finished by `stop`
     try:
-        _precompile(src)
+        precompile(src)
+        state.src_fingerprint = source_fingerprint(src)
         _launch(argv, state)
         state.timings.update(_wait_ready(state, deadline_s, progress))
         save_state(state)
@@ -327,12 +334,28 @@ def start(
     return state
 
 
-def _precompile(src: Path) -> None:
+def precompile(src: Path) -> None:
     """Byte-compile the checkout on the host (same CPython 3.11) so Dom0 imports skip it."""
     import compileall
 
     with contextlib.redirect_stdout(None):
         compileall.compile_dir(str(src / "xenvlan"), quiet=2, workers=1)
+
+
+def source_fingerprint(src: Path) -> str:
+    """A hash of every file of the checkout's package (path, size, mtime), byte code aside."""
+    h = hashlib.sha256()
+    root = src / "xenvlan"
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                h.update(
+                    f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+                )
+    return h.hexdigest()[:16]
 
 
 def _launch(argv: list[str], state: VmState) -> None:
