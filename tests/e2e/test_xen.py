@@ -98,7 +98,7 @@ def test_sandbox_status_says_xen(dom0: object) -> None:
     assert data["hypervisor"] == "xen" and data["xen"]["listening"] is True
 
 
-def test_pv_lab_vlan_ping_and_repro(dom0: object) -> None:
+def test_pv_lab_vlan_ping_and_repro(dom0: object, tmp_path: Path) -> None:
     up = json.loads(ok("up", "--xen-mode", "pv", "--json"))
     try:
         assert up["domain_type"] == "xen", up
@@ -108,7 +108,15 @@ def test_pv_lab_vlan_ping_and_repro(dom0: object) -> None:
         ok("ssh", "b", "--", "/usr/bin/ping", "-c", "2", "11.11.4.2")
         rng = os.environ.get("XENVLAN_XEN_E2E_RANGE", "")  # e.g. "1400:1600" on a slow host
         extra = ["--from", rng.split(":")[0], "--to", rng.split(":")[1]] if rng else []
-        rep = json.loads(ok("repro", "--emulate", "legacy-vlan", *extra, "--json"))
+        report = tmp_path / "out" / "r.html"
+        rep = json.loads(
+            ok("repro", "--emulate", "legacy-vlan", *extra, "--report", str(report), "--json")
+        )
+        # The report and its captures come back to the host, its links pointing at them.
+        caps = sorted((tmp_path / "out" / "r-captures").glob("*.pcapng"))
+        assert report.is_file() and caps, list(tmp_path.rglob("*"))
+        html = report.read_text()
+        assert any(f'href="r-captures/{c.name}"' in html for c in caps), html[-2000:]
         before, after = rep["before"], rep["after"]
         assert (before["largest_passing"], before["smallest_failing"]) == (1476, 1477), rep
         assert after["smallest_failing"] is None, rep

@@ -260,13 +260,13 @@ def test_plan_args_rewrites_inputs_and_outputs(tmp_path: Path) -> None:
     assert plan.argv == [
         "repro",
         "--lab",
-        "/tmp/xenvlan-io/id1/1-lab.toml",
+        "/tmp/xenvlan-io/id1/1/lab.toml",
         "--report",
-        "/tmp/xenvlan-io/id1/2-r.html",
+        "/tmp/xenvlan-io/id1/2/r.html",
         "--json",
     ]
-    assert plan.uploads == [(tmp_path / "lab.toml", "/tmp/xenvlan-io/id1/1-lab.toml")]
-    assert plan.downloads == [("/tmp/xenvlan-io/id1/2-r.html", tmp_path / "out" / "r.html")]
+    assert plan.uploads == [(tmp_path / "lab.toml", "/tmp/xenvlan-io/id1/1/lab.toml")]
+    assert plan.downloads == [("/tmp/xenvlan-io/id1/2/r.html", tmp_path / "out" / "r.html")]
 
 
 def test_plan_args_leaves_everything_after_double_dash() -> None:

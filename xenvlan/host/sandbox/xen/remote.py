@@ -86,7 +86,9 @@ def plan_args(args: list[str], run_id: str, cwd: Path | None = None) -> Plan:
     def remote_for(value: str) -> str:
         nonlocal n
         n += 1
-        return posixpath.join(rdir, f"{n}-{Path(value).name or 'file'}")
+        # Its own directory keeps the file's name, so siblings named after it (a report's
+        # `<stem>-captures/`) and the report's relative links to them match on the host.
+        return posixpath.join(rdir, str(n), Path(value).name or "file")
 
     while i < len(args):
         a = args[i]
@@ -309,6 +311,21 @@ class Dom0Session:
         except OSError as exc:
             raise GuestError(f"cannot copy {remote} out of the Dom0: {exc}") from None
 
+    def get_dir(self, remote: str, host: Path) -> int:
+        """Copy a Dom0 directory's files (not recursive) to `host`; how many (0: none there)."""
+        try:
+            with self.client.open_sftp() as sftp:
+                try:
+                    names = sorted(sftp.listdir(remote))
+                except FileNotFoundError:
+                    return 0
+                host.mkdir(parents=True, exist_ok=True)
+                for name in names:
+                    sftp.get(posixpath.join(remote, name), str(host / name))
+                return len(names)
+        except OSError as exc:
+            raise GuestError(f"cannot copy {remote} out of the Dom0: {exc}") from None
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._client is not None:
@@ -405,6 +422,9 @@ def run(
     pidfile = posixpath.join(rdir, "pid")
     with Dom0Session(state).connect(deadline_s=180) as s:
         refresh_source(s, state)
+        if plan.downloads:
+            parents = sorted({posixpath.dirname(r) for r, _h in plan.downloads})
+            s.exec(f"mkdir -p -m 700 {shlex.join(parents)}", timeout=30)
         for host, remote in plan.uploads:
             s.put(host, remote)
         image_dir = dom0_image_dir(s, state, guest_image)
@@ -421,6 +441,11 @@ def run(
         )
         for remote, host in plan.downloads:
             s.get(remote, host)
+            stem = posixpath.splitext(posixpath.basename(remote))[0]
+            s.get_dir(
+                posixpath.join(posixpath.dirname(remote), f"{stem}-captures"),
+                host.with_name(f"{host.stem}-captures"),
+            )
         if plan.uploads or plan.downloads:  # else it holds the pid file only, gone with the VM
             s.exec(f"rm -rf {shlex.quote(rdir)}", timeout=30)
     return rc
