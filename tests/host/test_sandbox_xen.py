@@ -306,7 +306,7 @@ def test_zygote_runs_by_path_from_the_shared_checkout() -> None:
     assert remote.ZYGOTE_SCRIPT == "/opt/xenvlan/src/" + "xenvlan/host/sandbox/xen/zygote.py"
     line = remote.zygote_command()
     assert f"python3 {remote.ZYGOTE_SCRIPT} serve {remote.ZYGOTE_SOCKET}" in line
-    assert line.endswith("&") and "< /dev/null" in line
+    assert line.endswith(f"& echo $! > {remote.ZYGOTE_SOCKET}.pid") and "< /dev/null" in line
     assert "PYTHONPATH=/opt/xenvlan/src:/opt/xenvlan/site" in line
 
 

@@ -31,6 +31,7 @@ PROBE = textwrap.dedent(
     print("env", os.environ.get("PROBE_VALUE"))
     print("stdin", sys.stdin.read().strip())
     print("version", VERSION)
+    print("ppid", os.getppid())
     print("to stderr", file=sys.stderr)
     sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
     """
@@ -127,7 +128,11 @@ def test_served_run_is_the_direct_run(server: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert served.returncode == direct.returncode == 5
-    assert served.stdout == direct.stdout
+
+    def same(out: str) -> list[str]:
+        return [ln for ln in out.splitlines() if not ln.startswith("ppid ")]
+
+    assert same(served.stdout) == same(direct.stdout)
     assert "argv ['x y', '--z']" in served.stdout and "env v1" in served.stdout
     assert f"cwd {tmp_path}" in served.stdout and "stdin from stdin" in served.stdout
     assert served.stderr == direct.stderr == "to stderr\n"
@@ -199,3 +204,43 @@ def test_the_start_line_returns_at_once_and_leaves_a_server(tmp_path: Path, prob
             break
         time.sleep(0.05)
     assert not sock.exists()
+
+
+def test_a_client_waits_for_a_server_still_importing(tmp_path: Path, probe: Path) -> None:
+    """Safeguard: a command run right after `sandbox start` uses the server, not the fallback."""
+    sock = tmp_path / "z.sock"
+    importing = subprocess.Popen(["sleep", "30"])  # stands in for the server's pid while importing
+    (tmp_path / "z.sock.pid").write_text(f"{importing.pid}\n")
+    client = subprocess.Popen(
+        [sys.executable, "-S", str(SCRIPT), "client", str(sock), "x"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(1.0)  # the client has seen no socket, only the pid of a server to come
+    server = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "serve", str(sock)],
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        out, _ = client.communicate(timeout=30)
+        assert f"ppid {server.pid}" in out, out
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        importing.kill()
+        importing.wait()
+    assert not sock.exists()
+
+
+def test_a_dead_starting_server_is_not_waited_for(tmp_path: Path, probe: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / "z.sock.pid").write_text(dead + "\n")
+    t = time.monotonic()
+    res = _client(tmp_path / "z.sock", tmp_path, "y")
+    assert res.returncode == 0 and "argv ['y']" in res.stdout
+    assert time.monotonic() - t < 20

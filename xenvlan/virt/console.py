@@ -35,11 +35,18 @@ class ConsoleTap(threading.Thread):
         return self
 
     def run(self) -> None:
-        """Open the console and copy bytes; any libvirt error ends the tap quietly."""
+        """Open the console and copy bytes; any libvirt error ends the tap quietly.
+
+        The tap has its own connection: a blocking stream read sharing the caller's connection
+        could hold up the caller's next call (a PVH guest once stayed paused for good, its
+        `resume` never answered, in the nested Dom0).
+        """
         fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        own: libvirt.virConnect | None = None
         try:
-            dom = self.conn.lookupByName(self.domain)
-            stream = self.conn.newStream(0)  # blocking: recv() waits for data
+            own = libvirt.open(self.conn.getURI())
+            dom = own.lookupByName(self.domain)
+            stream = own.newStream(0)  # blocking: recv() waits for data
             dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
             self._stream = stream
             self._opened.set()
@@ -54,6 +61,9 @@ class ConsoleTap(threading.Thread):
         finally:
             self._opened.set()
             os.close(fd)
+            if own is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    own.close()
 
     def stop(self) -> None:
         """Stop copying and release the console."""

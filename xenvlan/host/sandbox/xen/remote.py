@@ -154,11 +154,13 @@ def zygote_command(
     """The shell line that starts the fork server in the background (it lives as long as the VM).
 
     Only the server is backgrounded, every descriptor redirected: the SSH channel closes at once.
+    Its pid goes to `SOCKET.pid`: clients wait for a server that is still importing.
     """
     assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted((env or DOM0_PYTHON_ENV).items()))
     return (
         f"cd /tmp || exit 1; nohup env {assigns} {shlex.quote(python)} {shlex.quote(script)} "
-        f"serve {shlex.quote(sock)} > {shlex.quote(log)} 2>&1 < /dev/null &"
+        f"serve {shlex.quote(sock)} > {shlex.quote(log)} 2>&1 < /dev/null & "
+        f"echo $! > {shlex.quote(sock + '.pid')}"
     )
 
 

@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import NoReturn
 
@@ -98,8 +99,27 @@ def _fallback(argv: list[str]) -> NoReturn:
     os.execvp(sys.executable, [sys.executable, "-m", MODULE, *argv])
 
 
+def pid_file(path: str) -> str:
+    """Where the starting server's pid is (written by its start line, removed at its exit)."""
+    return f"{path}.pid"
+
+
+def wait_for_server(path: str, deadline_s: float = 90.0) -> None:
+    """While a server is still importing (its pid alive, no socket yet), wait for its socket:
+    a command run meanwhile would otherwise pay the same imports, competing for the CPU."""
+    end = time.monotonic() + deadline_s
+    while not os.path.exists(path) and time.monotonic() < end:
+        try:
+            with open(pid_file(path)) as f:
+                os.kill(int(f.read().strip()), 0)
+        except (OSError, ValueError):
+            return  # no server starting (or it died): run without it
+        time.sleep(0.2)
+
+
 def client(path: str, argv: list[str]) -> NoReturn:
     """Run `xenvlan ARGV` through the server at `path` (or directly when none answers)."""
+    wait_for_server(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -209,6 +229,8 @@ def serve(path: str) -> int:
             importlib.import_module(name)
     if threading.active_count() != 1:
         print("zygote: a preloaded module started a thread; not serving", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            os.unlink(pid_file(path))
         return 3
     tmp = f"{path}.{os.getpid()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -233,6 +255,7 @@ def serve(path: str) -> int:
             with contextlib.suppress(OSError):
                 if os.stat(path).st_ino == ino:  # not a newer server's
                     os.unlink(path)
+                    os.unlink(pid_file(path))
     return 0
 
 
