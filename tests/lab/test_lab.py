@@ -450,6 +450,32 @@ def test_wait_ready_stopped_guest(conn: libvirt.virConnect, tmp_path: Path) -> N
         lab.wait_ready(conn, [("a", tmp_path / "none", name, "192.168.122.9")], 5.0, "default")
 
 
+def test_wait_ready_hands_a_stopped_guest_to_restart(
+    conn: libvirt.virConnect, tmp_path: Path
+) -> None:
+    """A guest that stopped before readiness goes to `restart`; when it declines, up fails."""
+    name = network.domain_name(f"r{_uid()}", "a")
+    dom = _define_domain(conn, name, None, start=False)
+    console = tmp_path / "a.console"
+    asked: list[str] = []
+
+    def restart(guest: str) -> bool:
+        asked.append(guest)
+        if len(asked) > 1:
+            return False
+        dom.create()
+        console.write_text(f"booting\n{lab.READY_MARK} name=a\n")
+        return True
+
+    lab.wait_ready(conn, [("a", console, name, "192.168.122.9")], 5.0, "default", restart)
+    assert asked == ["a"]
+    dom.destroy()
+    console.write_text("Kernel panic\n")
+    with pytest.raises(GuestError, match="stopped while booting"):
+        lab.wait_ready(conn, [("a", console, name, "192.168.122.9")], 5.0, "default", restart)
+    assert asked == ["a", "a"]
+
+
 # ----------------------------------------------------------------------------- status
 
 

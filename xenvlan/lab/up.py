@@ -5,6 +5,7 @@ timed, rolled back on any failure.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from xenvlan.guest import keys, vlan
 from xenvlan.guest.session import GuestAddress, GuestSession
 from xenvlan.lab.down import down_lab
 from xenvlan.lab.model import FAIL_MARK, READY_MARK, LabStatus, Progress, Timer, noop
-from xenvlan.lab.plan import network_xml, plan_lab
+from xenvlan.lab.plan import GuestPlan, network_xml, plan_lab
 from xenvlan.lab.status import check_conflicts, collect_status
 from xenvlan.paths import ensure_private_dir, lab_dir
 from xenvlan.spec import GuestSpec, LabSpec
@@ -46,13 +47,22 @@ def _console_tail(path: Path, lines: int = 15) -> str:
     return " | ".join(tail) or "(console empty)"
 
 
+#: Starts a PVH guest gets before `up` gives up on it (see `restart` in `_up`).
+PVH_BOOT_ATTEMPTS = 4
+
+
 def wait_ready(
     conn: libvirt.virConnect,
     guests: list[tuple[str, Path, str, str]],
     deadline_s: float,
     net_name: str,
+    restart: Callable[[str], bool] | None = None,
 ) -> dict[str, float]:
-    """Wait for each guest's readiness marker; on timeout explain state, reservation, console."""
+    """Wait for each guest's readiness marker; on timeout explain state, reservation, console.
+
+    A guest that stopped before its readiness marker is handed to `restart` (if given): when
+    that starts the guest again, the wait goes on.
+    """
     t0 = time.monotonic()
     pending = {name: (console, dom, ip) for name, console, dom, ip in guests}
     ready: dict[str, float] = {}
@@ -71,6 +81,8 @@ def wait_ready(
                 dom = hv.lookup_domain(conn, dom_name)
                 state = hv.domain_state(dom) if dom else "gone"
                 if state not in ("running", "blocked"):
+                    if restart is not None and restart(name):
+                        continue
                     raise GuestError(
                         f"guest {name} stopped while booting (state {state}); console: "
                         f"{_console_tail(console)}"
@@ -204,19 +216,44 @@ def _up(
             plan.append((gp.guest, gp.mac, gp.ip, gp.console))
     fault.point("after-define")
     taps: list[ConsoleTap] = []
+    by_name = {gp.guest.name: gp for gp in lab_plan.guests}
+    restarts: dict[str, int] = {}
+
+    def start_guest(gp: GuestPlan) -> None:
+        dom = hv.lookup_domain(conn, gp.domain)
+        assert dom is not None
+        try:
+            # A console read through libvirt is opened paused, so no byte is missed.
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if gp.console_stream else 0)
+            if gp.console_stream:
+                taps.append(ConsoleTap(conn, gp.domain, gp.console).start_and_wait())
+                dom.resume()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"starting {gp.domain}: {hv.error_text(exc)}") from None
+
+    def restart(name: str) -> bool:
+        # Nested under TCG, a PVH guest now and then dies of a triple fault before it is ready
+        # (Xen's log: `Triple fault`, in native_calibrate_cpu_early or later); it boots when
+        # started again. Anything else that stops a guest fails `up` at once.
+        if not (choice.domain_type == "xen" and choice.xen_mode == "pvh"):
+            return False
+        done = restarts.get(name, 0)
+        if done >= PVH_BOOT_ATTEMPTS - 1:
+            return False
+        restarts[name] = done + 1
+        last = _console_tail(by_name[name].console).split(" | ")[-1]
+        progress(
+            f"PVH guest {name} stopped while booting (console: {last}); "
+            f"starting it again ({done + 2}/{PVH_BOOT_ATTEMPTS})"
+        )
+        by_name[name].console.unlink(missing_ok=True)
+        start_guest(by_name[name])
+        return True
+
     try:
         with timer.phase("start"):
             for gp in lab_plan.guests:
-                dom = hv.lookup_domain(conn, gp.domain)
-                assert dom is not None
-                try:
-                    # A console read through libvirt is opened paused, so no byte is missed.
-                    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if gp.console_stream else 0)
-                    if gp.console_stream:
-                        taps.append(ConsoleTap(conn, gp.domain, gp.console).start_and_wait())
-                        dom.resume()
-                except libvirt.libvirtError as exc:
-                    raise HypervisorError(f"starting {gp.domain}: {hv.error_text(exc)}") from None
+                start_guest(gp)
         fault.point("after-start")
         progress("guests started; waiting for the readiness marker on their consoles")
         with timer.phase("boot"):
@@ -225,6 +262,7 @@ def _up(
                 [(g.name, c, domain_name(spec.name, g.name), ip) for g, _m, ip, c in plan],
                 spec.timeouts.boot,
                 info.name,
+                restart,
             )
     finally:
         for tap in taps:

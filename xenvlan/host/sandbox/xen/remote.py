@@ -13,6 +13,7 @@ import posixpath
 import select
 import shlex
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -314,17 +315,27 @@ class Dom0Session:
             raise GuestError(f"cannot copy {remote} out of the Dom0: {exc}") from None
 
     def get_dir(self, remote: str, host: Path) -> int:
-        """Copy a Dom0 directory's files (not recursive) to `host`; how many (0: none there)."""
+        """Copy a Dom0 directory tree to `host`; how many files (0: no such directory)."""
+
+        def copy(sftp: paramiko.SFTPClient, src: str, dst: Path) -> int:
+            dst.mkdir(parents=True, exist_ok=True)
+            n = 0
+            for entry in sorted(sftp.listdir_attr(src), key=lambda e: e.filename):
+                child = posixpath.join(src, entry.filename)
+                if stat.S_ISDIR(entry.st_mode or 0):
+                    n += copy(sftp, child, dst / entry.filename)
+                elif stat.S_ISREG(entry.st_mode or 0):
+                    sftp.get(child, str(dst / entry.filename))
+                    n += 1
+            return n
+
         try:
             with self.client.open_sftp() as sftp:
                 try:
-                    names = sorted(sftp.listdir(remote))
+                    sftp.stat(remote)
                 except FileNotFoundError:
                     return 0
-                host.mkdir(parents=True, exist_ok=True)
-                for name in names:
-                    sftp.get(posixpath.join(remote, name), str(host / name))
-                return len(names)
+                return copy(sftp, remote, host)
         except OSError as exc:
             raise GuestError(f"cannot copy {remote} out of the Dom0: {exc}") from None
 
