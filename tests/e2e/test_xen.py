@@ -113,10 +113,11 @@ def test_pv_lab_vlan_ping_and_repro(dom0: object, tmp_path: Path) -> None:
             ok("repro", "--emulate", "legacy-vlan", *extra, "--report", str(report), "--json")
         )
         # The report and its captures come back to the host, its links pointing at them.
-        caps = sorted((tmp_path / "out" / "r-captures").glob("*.pcapng"))
+        caps = sorted((tmp_path / "out" / "r-captures").rglob("*.pcapng"))
         assert report.is_file() and caps, list(tmp_path.rglob("*"))
         html = report.read_text()
-        assert any(f'href="r-captures/{c.name}"' in html for c in caps), html[-2000:]
+        rel = [c.relative_to(tmp_path / "out").as_posix() for c in caps]
+        assert all(f'href="{r}"' in html for r in rel), (rel, html[-2000:])
         before, after = rep["before"], rep["after"]
         assert (before["largest_passing"], before["smallest_failing"]) == (1476, 1477), rep
         assert after["smallest_failing"] is None, rep
