@@ -152,3 +152,32 @@ def test_pvh_up_down(dom0: object) -> None:
         ok("down")
     status = xenvlan("status")
     assert status.returncode != 0 and "no xenvlan lab is up" in status.stderr, status
+
+
+def test_lab_on_a_plain_xenbr0_bridge(dom0: object, tmp_path: Path) -> None:
+    """A Dom0 bridge with no libvirt network: guests join it, nothing is defined, down leaves it."""
+    seed = Path(__file__).resolve().parents[2] / "examples" / "seed.toml"
+    text = seed.read_text().replace('name = "seed"', 'name = "xbr"', 1)
+    text = text.replace('name = "default"', 'name = "xenbr0"', 1)
+    text = text.replace('bridge = "virbr0"', 'bridge = "xenbr0"', 1)
+    lab = tmp_path / "xbr.toml"
+    lab.write_text(text)
+    ok("sandbox", "run", "--", "sh", "-c",
+       "ip link add xenbr0 type bridge && ip addr add 10.99.0.1/24 dev xenbr0 && "
+       "ip link set xenbr0 up")  # fmt: skip
+    try:
+        up = json.loads(ok("up", "--lab", str(lab), "--xen-mode", "pv", "--json"))
+        try:
+            assert up["domain_type"] == "xen" and up["bridge"] == "xenbr0", up
+            assert all(str(g["mgmt_ip"]).startswith("10.99.0.") for g in up["guests"]), up
+            ok("ssh", "a", "--", "/usr/bin/ping", "-c", "2", "11.11.4.30")
+            nets = ok("sandbox", "run", "--", "virsh", "-c", "xen:///system", "net-list",
+                      "--all", "--name")  # fmt: skip
+            assert "xenbr0" not in nets.split(), nets
+            members = ok("sandbox", "run", "--", "ls", "/sys/class/net/xenbr0/brif")
+            assert {g["host_port"] for g in up["guests"]} <= set(members.split()), members
+        finally:
+            ok("down")
+        ok("sandbox", "run", "--", "ip", "link", "show", "xenbr0")  # left alone by down
+    finally:
+        xenvlan("sandbox", "run", "--", "ip", "link", "del", "xenbr0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,3 +73,22 @@ def is_guest_tap(ifname: str, guest_mac: str) -> bool:
     if addr is None:
         return False
     return addr == "fe" + guest_mac.lower()[2:] or addr == "fe:ff:ff:ff:ff:ff"
+
+
+def bridge_ipv4(ifname: str) -> tuple[bool, ipaddress.IPv4Interface | None]:
+    """Whether `ifname` is a Linux bridge here, and its first IPv4 address (None: none)."""
+    with open_netlink() as ipr:
+        try:
+            links = ipr.link("get", ifname=ifname)
+        except NetlinkError:
+            return False, None
+        if not links:
+            return False, None
+        info = links[0].get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+            return False, None
+        for addr in ipr.get_addr(index=links[0]["index"], family=socket.AF_INET):
+            ip = addr.get_attr("IFA_ADDRESS")
+            if ip:
+                return True, ipaddress.IPv4Interface(f"{ip}/{addr['prefixlen']}")
+        return True, None

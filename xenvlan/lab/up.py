@@ -4,6 +4,7 @@ timed, rolled back on any failure.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,10 +14,11 @@ from pathlib import Path
 import libvirt
 
 from xenvlan import fault, signals
-from xenvlan.errors import GuestError, HypervisorError, XenvlanError
+from xenvlan.errors import GuestError, HypervisorError, SpecError, XenvlanError
 from xenvlan.guest import image as image_mod
 from xenvlan.guest import keys, vlan
 from xenvlan.guest.session import GuestAddress, GuestSession
+from xenvlan.host import netlink
 from xenvlan.lab.down import down_lab
 from xenvlan.lab.model import FAIL_MARK, READY_MARK, LabStatus, Progress, Timer, noop
 from xenvlan.lab.plan import GuestPlan, network_xml, plan_lab
@@ -30,6 +32,7 @@ from xenvlan.virt.network import (
     domain_name,
     leases,
     pick_addresses,
+    plain_bridge,
     read_network,
     reserve,
 )
@@ -101,6 +104,29 @@ def wait_ready(
     return ready
 
 
+def _plain_bridge(
+    spec: LabSpec, choice: hv.Choice, address: ipaddress.IPv4Interface | None, progress: Progress
+) -> NetInfo:
+    """No libvirt network of that name, but its bridge exists: attach Xen guests to it."""
+    bridge = spec.network.bridge
+    if choice.domain_type != "xen":
+        raise SpecError(
+            f"network.bridge: {bridge} is a bridge with no libvirt network {spec.network.name}: "
+            f"only Xen guests attach to a plain bridge; name a libvirt network for "
+            f"{choice.domain_type} guests"
+        )
+    if address is None:
+        raise HypervisorError(
+            f"bridge {bridge} has no IPv4 address: xenvlan reaches its guests over it "
+            f"(ip addr add ADDR/PREFIX dev {bridge})"
+        )
+    progress(
+        f"no libvirt network {spec.network.name}: attaching the guests to the existing bridge "
+        f"{bridge} ({address}); nothing defined on it, nothing reserved, `down` leaves it"
+    )
+    return plain_bridge(bridge, address)
+
+
 @dataclass(frozen=True)
 class UpOptions:
     """Knobs of `up` beyond the lab file."""
@@ -136,11 +162,14 @@ def up(spec: LabSpec, opts: UpOptions, progress: Progress = noop) -> LabStatus:
 
 
 def _ensure_network(
-    conn: libvirt.virConnect, spec: LabSpec, progress: Progress
-) -> tuple[libvirt.virNetwork, NetInfo]:
-
+    conn: libvirt.virConnect, spec: LabSpec, choice: hv.Choice, progress: Progress
+) -> tuple[libvirt.virNetwork | None, NetInfo]:
+    """The lab's libvirt network (defined when absent), or an existing plain bridge (Xen)."""
     net = hv.lookup_network(conn, spec.network.name)
     if net is None:
+        is_bridge, address = netlink.bridge_ipv4(spec.network.bridge)
+        if is_bridge:
+            return None, _plain_bridge(spec, choice, address, progress)
         xml_text = network_xml(spec)
         progress(
             f"network {spec.network.name} absent: defining it on {spec.network.bridge} (owned)"
@@ -196,7 +225,7 @@ def _up(
                 authorized_key=client.public_openssh,
             )
     with timer.phase("network"):
-        net, info = _ensure_network(conn, spec, progress)
+        net, info = _ensure_network(conn, spec, choice, progress)
         ips = pick_addresses(info, leases(net), len(spec.guests))
     plan: list[tuple[GuestSpec, str, str, Path]] = []
     with timer.phase("define"):

@@ -72,6 +72,19 @@ def read_network(net: libvirt.virNetwork) -> NetInfo:
     raise HypervisorError(f"network {net.name()} has no IPv4 address: xenvlan needs one")
 
 
+def plain_bridge(bridge: str, address: ipaddress.IPv4Interface) -> NetInfo:
+    """A Linux bridge with no libvirt network (a Dom0's `xenbr0`): no DHCP, nothing reserved."""
+    return NetInfo(
+        name="",
+        bridge=bridge,
+        address=address,
+        range=None,
+        reserved_ips=frozenset(),
+        reserved_macs=frozenset(),
+        owned_by=None,
+    )
+
+
 def pick_addresses(info: NetInfo, leased: set[str], count: int) -> list[str]:
     """Free management IPs, from the top of the subnet down, outside leases and reservations."""
     net = info.address.network
@@ -88,7 +101,9 @@ def pick_addresses(info: NetInfo, leased: set[str], count: int) -> list[str]:
     return out
 
 
-def leases(net: libvirt.virNetwork) -> set[str]:
+def leases(net: libvirt.virNetwork | None) -> set[str]:
+    if net is None:
+        return set()
     try:
         return {lease["ipaddr"] for lease in net.DHCPLeases()}
     except libvirt.libvirtError:
@@ -114,13 +129,14 @@ def add_reservation(net: libvirt.virNetwork, mac: str, ip: str, name: str) -> No
         ) from None
 
 
-def reserve(net: libvirt.virNetwork, info: NetInfo, mac: str, ip: str, name: str) -> bool:
+def reserve(net: libvirt.virNetwork | None, info: NetInfo, mac: str, ip: str, name: str) -> bool:
     """Claim `ip` for `mac` where a DHCP server could hand it out; False on a DHCP-less network.
 
-    Guests take their address from the kernel command line, so without DHCP nothing else can
-    claim it, and a reservation would only cost a refresh of the network's firewall rules.
+    Guests take their address from the kernel command line, so without DHCP (or without a
+    libvirt network: a plain bridge) nothing of libvirt's can claim it, and a reservation would
+    only cost a refresh of the network's firewall rules.
     """
-    if info.range is None:
+    if net is None or info.range is None:
         return False
     add_reservation(net, mac, ip, name)
     return True
