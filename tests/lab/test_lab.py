@@ -479,6 +479,24 @@ def test_wait_ready_hands_a_stopped_guest_to_restart(
 # ----------------------------------------------------------------------------- status
 
 
+def test_collect_status_on_a_plain_bridge_names_it(conn: libvirt.virConnect) -> None:
+    """No libvirt network (a Dom0's xenbr0): the bridge comes from the guests' own XML."""
+    name = f"p{_uid()}"
+    owner = Ownership(
+        name, "domain", {"guest": "a", "mac": "00:16:3e:00:00:01", "mgmt_ip": "10.99.0.254",
+                         "network": "", "host_key": "k"},
+    )  # fmt: skip
+    dom = conn.defineXML(
+        f"<domain type='test'><name>{network.domain_name(name, 'a')}</name>"
+        f"<metadata>{metadata_element(owner)}</metadata><memory unit='MiB'>128</memory>"
+        "<os><type arch='x86_64'>hvm</type></os><devices><interface type='bridge'>"
+        "<source bridge='xenbr0'/></interface></devices></domain>"
+    )
+    dom.create()
+    st = lab.collect_status(conn, hv.Choice(TEST_URI, "test", "t"), name, ssh=False)
+    assert (st.network, st.bridge) == ("", "xenbr0")
+
+
 def test_collect_status_from_metadata(conn: libvirt.virConnect) -> None:
     name = f"s{_uid()}"
     for i, g in enumerate("ba"):

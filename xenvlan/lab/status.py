@@ -71,7 +71,9 @@ def collect_status(
     """Guests from libvirt metadata; host ports via pyroute2; VLAN state over SSH when asked."""
     guests: list[GuestInfo] = []
     network = ""
-    for dom, own in sorted(hv.owned_domains(conn, lab), key=lambda d: d[1].get("guest")):
+    owned = sorted(hv.owned_domains(conn, lab), key=lambda d: d[1].get("guest"))
+    doms = [dom for dom, _own in owned]
+    for dom, own in owned:
         port = hv.host_port(dom)
         gi = GuestInfo(
             name=own.get("guest"),
@@ -91,6 +93,8 @@ def collect_status(
     bridge = None
     if network and (net := hv.lookup_network(conn, network)) is not None:
         bridge = read_network(net).bridge
+    elif not network and doms:  # a plain bridge (no libvirt network): the guests name it
+        bridge = hv.source_bridge(doms[0])
     if ssh:
         for gi in guests:
             if gi.state != "running":

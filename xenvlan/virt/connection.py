@@ -307,6 +307,16 @@ def host_port(dom: libvirt.virDomain) -> str | None:
     return None
 
 
+def source_bridge(dom: libvirt.virDomain) -> str | None:
+    """The bridge the guest's first NIC joins when it names one (`<source bridge=...>`)."""
+    try:
+        root = ET.fromstring(dom.XMLDesc(0))
+    except libvirt.libvirtError:
+        return None
+    source = root.find("devices/interface/source")
+    return source.get("bridge") if source is not None and source.get("bridge") else None
+
+
 def error_text(exc: libvirt.libvirtError) -> str:
     """libvirt's message, one line."""
     return _msg(exc)
