@@ -81,8 +81,12 @@ def server(tmp_path: Path, probe: Path) -> Iterator[Path]:
 
 
 def _client(sock: Path, tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-S", str(SCRIPT), "client", str(sock), *argv], tmp_path, **env)
+
+
+def _run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), "client", str(sock), *argv],
+        argv,
         env=_env(tmp_path, **env),
         cwd=tmp_path,
         input="from stdin\n",
@@ -117,15 +121,8 @@ def test_nothing_of_xenvlan_is_preloaded() -> None:
 def test_served_run_is_the_direct_run(server: Path, tmp_path: Path) -> None:
     """argv, cwd, environment, stdin, stdout, stderr and the exit code all go through."""
     served = _client(server, tmp_path, "x y", "--z", PROBE_VALUE="v1", PROBE_EXIT="5")
-    direct = subprocess.run(
-        [sys.executable, "-m", "zprobe", "x y", "--z"],
-        env=_env(tmp_path, PROBE_VALUE="v1", PROBE_EXIT="5"),
-        cwd=tmp_path,
-        input="from stdin\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    direct = _run(
+        [sys.executable, "-m", "zprobe", "x y", "--z"], tmp_path, PROBE_VALUE="v1", PROBE_EXIT="5"
     )
     assert served.returncode == direct.returncode == 5
 

@@ -293,11 +293,17 @@ def domain_state(dom: libvirt.virDomain) -> str:
     return STATE_NAMES.get(state, str(state))
 
 
+def _live_xml(dom: libvirt.virDomain) -> ET.Element | None:
+    try:
+        return ET.fromstring(dom.XMLDesc(0))
+    except libvirt.libvirtError:
+        return None
+
+
 def host_port(dom: libvirt.virDomain) -> str | None:
     """The host side of the guest's first NIC (vnetN on QEMU/KVM, vifD.N on Xen)."""
-    try:
-        root = ET.fromstring(dom.XMLDesc(0))
-    except libvirt.libvirtError:
+    root = _live_xml(dom)
+    if root is None:
         return None
     target = root.find("devices/interface/target")
     if target is not None and target.get("dev"):
@@ -309,11 +315,8 @@ def host_port(dom: libvirt.virDomain) -> str | None:
 
 def source_bridge(dom: libvirt.virDomain) -> str | None:
     """The bridge the guest's first NIC joins when it names one (`<source bridge=...>`)."""
-    try:
-        root = ET.fromstring(dom.XMLDesc(0))
-    except libvirt.libvirtError:
-        return None
-    source = root.find("devices/interface/source")
+    root = _live_xml(dom)
+    source = root.find("devices/interface/source") if root is not None else None
     return source.get("bridge") if source is not None and source.get("bridge") else None
 
 
