@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import TypeVar
+
+_P = TypeVar("_P", bound=PurePath)
 
 
 def cache_dir() -> Path:
@@ -56,3 +59,8 @@ def ensure_private_dir(path: Path) -> Path:
     path.mkdir(exist_ok=True)
     path.chmod(0o700)
     return path
+
+
+def captures_dir(report: _P) -> _P:
+    """Where a report's evidence captures go: ``<stem>-captures/`` beside it."""
+    return report.with_name(f"{report.stem}-captures")

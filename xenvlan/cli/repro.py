@@ -15,6 +15,7 @@ from xenvlan.cli.render import render_sweep
 from xenvlan.errors import HostChangeError
 from xenvlan.host.fix import DEFAULT_METHOD, METHOD_CHOICES
 from xenvlan.lock import lab_lock
+from xenvlan.paths import captures_dir
 from xenvlan.repro import run as repro
 
 
@@ -88,7 +89,7 @@ def repro_cmd(
         if scenario not in ("host", "legacy-vlan"):
             raise SpecError("--emulate legacy-vlan and --scenario port-mtu exclude each other")
         scenario = "legacy-vlan"
-    captures = report.with_name(f"{report.stem}-captures") if report is not None else None
+    captures = captures_dir(report) if report is not None else None
     opts = repro.ReproOptions(
         scenario=scenario,
         method=method,

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import paramiko
@@ -29,6 +29,7 @@ from xenvlan.guest.image.build import GUEST_IMAGE_ENV
 from xenvlan.guest.keys import load_pkey, public_pkey
 from xenvlan.host.run import pid_alive
 from xenvlan.host.sandbox.xen.vm import SHARE_MOUNTS, VmState
+from xenvlan.paths import captures_dir
 from xenvlan.timeouts import TIMEOUT_SCALE_ENV
 
 #: Options whose value is a file xenvlan reads / writes.
@@ -454,11 +455,7 @@ def run(
         )
         for remote, host in plan.downloads:
             s.get(remote, host)
-            stem = posixpath.splitext(posixpath.basename(remote))[0]
-            s.get_dir(
-                posixpath.join(posixpath.dirname(remote), f"{stem}-captures"),
-                host.with_name(f"{host.stem}-captures"),
-            )
+            s.get_dir(str(captures_dir(PurePosixPath(remote))), captures_dir(host))
         if plan.uploads or plan.downloads:  # else it holds the pid file only, gone with the VM
             s.exec(f"rm -rf {shlex.quote(rdir)}", timeout=30)
     return rc
