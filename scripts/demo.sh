@@ -5,8 +5,8 @@
 # uses the running libvirtd instead of the sandbox.
 #
 # --xen: the same on real Xen, without a Xen host: a Xen Dom0 nested under QEMU/TCG
-# (`sandbox start --hypervisor xen`; first run builds its image, ~3 min; boot ~1-2 min; the
-# repro itself runs much slower than natively), stopped again on exit.
+# (`sandbox start --hypervisor xen`; the first run builds its image, ~1.5 min; boot ~45 s; the
+# repro ~30-60 s, with the report and its captures copied back), stopped again on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 xen=0
