@@ -104,6 +104,20 @@ MUTANTS = (
         "        pass  # MUTANT\n",
         ("tests/evidence/test_ev_netns.py::test_kill_9_then_down_removes_the_instance",),
     ),
+    Mutant(
+        "Dom0 fork server drops Ctrl-C",
+        "xenvlan/host/sandbox/xen/zygote.py",
+        "        signal.signal(sig, forward)\n",
+        "        pass  # MUTANT\n",
+        ("tests/host/test_zygote.py::test_ctrl_c_reaches_the_served_child",),
+    ),
+    Mutant(
+        "edited checkout never reaches the Dom0",
+        "xenvlan/host/sandbox/xen/remote.py",
+        "    if vm.source_fingerprint(src) == state.src_fingerprint:\n",
+        "    if True:  # MUTANT\n",
+        ("tests/host/test_sandbox_xen.py::test_an_edited_checkout_is_remounted_once",),
+    ),
 )
 
 
