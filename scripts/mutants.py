@@ -114,7 +114,7 @@ MUTANTS = (
     Mutant(
         "edited checkout never reaches the Dom0",
         "xenvlan/host/sandbox/xen/remote.py",
-        "    if vm.source_fingerprint(src) == state.src_fingerprint:\n",
+        "    if fresh == state.src_fingerprint:\n",
         "    if True:  # MUTANT\n",
         ("tests/host/test_sandbox_xen.py::test_an_edited_checkout_is_remounted_once",),
     ),

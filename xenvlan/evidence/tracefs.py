@@ -144,8 +144,7 @@ KALLSYMS = Path("/proc/kallsyms")
 def kallsyms(path: Path = KALLSYMS) -> Kallsyms | None:
     """The kernel's text symbols, or None when unreadable or hidden (kptr_restrict)."""
     text = _read(path)
-    syms = Kallsyms(text) if text else None
-    return syms if syms else None
+    return (Kallsyms(text) or None) if text else None
 
 
 @dataclass

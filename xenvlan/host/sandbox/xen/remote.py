@@ -370,7 +370,8 @@ def refresh_source(session: Dom0Session, state: VmState) -> bool:
     from xenvlan.host.sandbox.xen import vm
 
     src = Path(state.src_dir)
-    if vm.source_fingerprint(src) == state.src_fingerprint:
+    fresh = vm.source_fingerprint(src)  # byte code aside: precompiling leaves it as it is
+    if fresh == state.src_fingerprint:
         return False
     vm.precompile(src)
     done = session.exec(
@@ -380,7 +381,7 @@ def refresh_source(session: Dom0Session, state: VmState) -> bool:
     )
     if done.exit_status != 0:
         raise GuestError(f"cannot remount the checkout in the Dom0: {done.stderr.strip()[-200:]}")
-    state.src_fingerprint = vm.source_fingerprint(src)
+    state.src_fingerprint = fresh
     vm.save_state(state)
     return True
 

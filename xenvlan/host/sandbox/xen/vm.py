@@ -376,7 +376,8 @@ def _launch(argv: list[str], state: VmState) -> None:
 
 
 def _wait_ready(state: VmState, deadline_s: float, progress: Progress | None) -> dict[str, float]:
-    """Wait for SSH, then for libvirt's Xen driver; return milestone timings (s from QEMU)."""
+    """Wait for SSH, then for libvirt's Xen driver, then start the fork server (same SSH
+    session); return milestone timings (s from QEMU)."""
     from xenvlan.host.sandbox.xen.remote import Dom0Session
 
     t0 = time.monotonic()
